@@ -1,0 +1,92 @@
+"""Value types shared by every layer: a validated event and a finished CDR.
+
+They are plain frozen dataclasses so that the pure core, the Faust agents, the
+ClickHouse store and the exports agree on one shape without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Literal
+
+EventKind = Literal["start", "connect", "end"]
+Direction = Literal["inbound", "outbound"]
+Status = Literal["answered", "busy", "no-answer", "cancelled", "failed"]
+CdrType = Literal["International", "Local", "Origin based"]
+Initiator = Literal["origination", "destination"]
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a message came from, so a dead letter can point back at it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated gateway event (SPEC section 1). Times are aware UTC datetimes."""
+
+    kind: EventKind
+    id: str
+    ts: datetime
+    # start
+    gateway: str | None = None
+    direction: Direction | None = None
+    account: str | None = None
+    source: str | None = None
+    destination: str | None = None
+    did: str | None = None
+    trunk: str | None = None
+    # end
+    disconnect_code: int | None = None
+    disconnect_reason: str | None = None
+    disconnect_initiator: Initiator | None = None
+    # unknown extra fields, kept as parsed
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CDR:
+    """A finished call detail record: every column of both seed layouts plus bookkeeping.
+
+    Fields that only one direction has are None for the other. Money is Decimal,
+    None where the call is unrated or the service does not apply.
+    """
+
+    id: str
+    direction: Direction
+    account: str
+    gateway: str
+    start_time: datetime
+    connect_time: datetime | None
+    end_time: datetime
+    source: str
+    destination: str
+    duration: int
+    disconnect_code: int | None  # None only for calls closed as timed out
+    disconnect_reason: str
+    disconnect_initiator: Initiator | None
+    status: Status
+    cdr_type: CdrType
+    country_name: str
+    network_name: str
+    trunk: str
+    # outbound
+    cli: str | None = None
+    billing_duration: int | None = None
+    rate: Decimal | None = None
+    charged: Decimal | None = None
+    # inbound
+    did: str | None = None
+    toll_free_amount: Decimal | None = None
+    termination_amount: Decimal | None = None
+    metered_amount: Decimal | None = None
+    # bookkeeping
+    rated: bool = True
+    timed_out: bool = False
+    revision: int = 1
