@@ -1,0 +1,46 @@
+"""Process-wide settings from the environment, with the local-machine defaults.
+
+The same variables configure the local scripts and docker-compose, so there is
+one place where a default lives.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from pipeline.core.correlate import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def data_dir() -> Path:
+    """Where local state lives (embedded store, Faust tables): `CDRPIPE_DATA` or ./data."""
+    return Path(env("CDRPIPE_DATA", str(PROJECT_ROOT / "data"))).resolve()
+
+
+def config_dir() -> Path:
+    """Reference data directory: `CDRPIPE_CONFIG` or the samples in deploy/config."""
+    return Path(env("CDRPIPE_CONFIG", str(PROJECT_ROOT / "deploy" / "config"))).resolve()
+
+
+def kafka_bootstrap() -> str:
+    return env("CDRPIPE_KAFKA", "127.0.0.1:9092")
+
+
+def partitions() -> int:
+    return int(env("CDRPIPE_PARTITIONS", "8"))
+
+
+def deadlines() -> Settings:
+    """Event-time deadlines in seconds from `CDRPIPE_MAX_CALL_S`, `_ORPHAN_WAIT_S`, `_MEMORY_S`."""
+    return Settings(
+        max_call_duration=timedelta(seconds=float(env("CDRPIPE_MAX_CALL_S", "14400"))),
+        orphan_wait=timedelta(seconds=float(env("CDRPIPE_ORPHAN_WAIT_S", "3600"))),
+        memory=timedelta(seconds=float(env("CDRPIPE_MEMORY_S", "86400"))),
+    )

@@ -1,0 +1,287 @@
+"""Per-call correlation of start/connect/end events, on event time.
+
+A call's state is the set of distinct events seen for it. The CDR is a pure
+function of that set, so any order, any number of duplicates and any
+interleaving of lateness give the same CDR (SPEC section 3). Of two different
+events of the same kind, the one with the earliest timestamp (then the
+smallest raw bytes) wins; the other is counted as a duplicate, so the choice
+does not depend on arrival order either.
+
+Deadlines run on a per-partition watermark (the newest event timestamp seen
+on that partition). The streaming workers and the offline replay both route a
+call to `partition_for(call_id)`, the same function Kafka's default
+partitioner uses, so both see the same watermark sequence per call and reach
+the same decisions whatever the number of workers.
+
+`Correlator` holds no I/O: it reads and writes states through a
+`MutableMapping` (a dict offline, a Faust table when streaming) and returns
+`Action`s for the caller to carry out (emit a CDR, dead-letter a message).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pipeline.core.model import Event, Source
+
+DEFAULT_MAX_CALL_DURATION = timedelta(hours=4)
+DEFAULT_ORPHAN_WAIT = timedelta(hours=1)
+DEFAULT_MEMORY = timedelta(hours=24)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Event-time deadlines (SPEC section 3), all configurable."""
+
+    max_call_duration: timedelta = DEFAULT_MAX_CALL_DURATION
+    orphan_wait: timedelta = DEFAULT_ORPHAN_WAIT
+    memory: timedelta = DEFAULT_MEMORY
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """An accepted event with the bytes it came in, kept for dead-lettering orphans."""
+
+    event: Event
+    raw: bytes
+    source: Source
+
+    def sort_key(self) -> tuple[datetime, bytes]:
+        return (self.event.ts, self.raw)
+
+
+@dataclass(frozen=True, slots=True)
+class CallState:
+    """Everything remembered about one call; immutable so table writes are explicit."""
+
+    id: str
+    start: Held | None = None
+    connect: Held | None = None
+    end: Held | None = None
+    timed_out_at: datetime | None = None
+    revision: int = 0  # CDR versions emitted so far
+
+    def held(self) -> list[Held]:
+        return [h for h in (self.start, self.connect, self.end) if h is not None]
+
+    @property
+    def complete(self) -> bool:
+        """A CDR exists for the call (ended, or closed as timed out)."""
+        return self.start is not None and (self.end is not None or self.timed_out_at is not None)
+
+    def last_ts(self) -> datetime:
+        times = [h.event.ts for h in self.held()]
+        if self.timed_out_at is not None:
+            times.append(self.timed_out_at)
+        return max(times)
+
+    def first_ts(self) -> datetime:
+        return min(h.event.ts for h in self.held())
+
+    def deadline(self, settings: Settings) -> tuple[datetime, DeadlineKind]:
+        """When this call next needs attention on event time, and why."""
+        if self.start is None:
+            return self.first_ts() + settings.orphan_wait, "orphan"
+        if self.complete:
+            return self.last_ts() + settings.memory, "forget"
+        return self.start.event.ts + settings.max_call_duration, "timeout"
+
+
+DeadlineKind = Literal["orphan", "timeout", "forget"]
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """A new or corrected CDR version must be built from `state` and stored."""
+
+    state: CallState
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that cannot become part of a CDR, with the reason."""
+
+    raw: bytes
+    source: Source
+    reason: str
+    kind: Literal["orphan", "late", "invalid"]
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An event already represented in the call's state (counted, not stored)."""
+
+    call_id: str
+
+
+Action = Emit | DeadLetter | Duplicate
+
+
+@dataclass(slots=True)
+class _Partition:
+    watermark: datetime | None = None
+    deadlines: list[tuple[datetime, str]] = field(default_factory=list)
+
+
+def merge(state: CallState | None, held: Held) -> tuple[CallState, bool]:
+    """Add one event to a call's state; returns (new state, whether anything changed)."""
+    if state is None:
+        state = CallState(id=held.event.id)
+    current: Held | None = getattr(state, held.event.kind)
+    if current is not None and current.sort_key() <= held.sort_key():
+        return state, False
+    return replace(state, **{held.event.kind: held}), True
+
+
+class Correlator:
+    """Correlates events into call states and decides when CDRs are emitted.
+
+    `states` maps call id -> CallState and is the only durable state; the
+    deadline heaps are an index over it that `rebuild()` recreates.
+    """
+
+    def __init__(
+        self,
+        states: MutableMapping[str, CallState],
+        settings: Settings | None = None,
+    ) -> None:
+        self.states = states
+        self.settings = settings or Settings()
+        self._partitions: dict[int, _Partition] = {}
+
+    def watermark(self, partition: int) -> datetime | None:
+        part = self._partitions.get(partition)
+        return part.watermark if part else None
+
+    def rebuild(self, partition: int, call_ids: list[str] | None = None) -> None:
+        """Re-index deadlines of a partition's calls (after recovery or reassignment)."""
+        part = self._partitions.setdefault(partition, _Partition())
+        ids = call_ids if call_ids is not None else list(self.states.keys())
+        for call_id in ids:
+            state = self.states.get(call_id)
+            if state is not None:
+                part.deadlines.append((state.deadline(self.settings)[0], call_id))
+                ts = state.last_ts()
+                if part.watermark is None or ts > part.watermark:
+                    part.watermark = ts
+        heapq.heapify(part.deadlines)
+
+    def process(self, held: Held, partition: int) -> list[Action]:
+        """Apply one valid event, then run the partition's deadlines up to its watermark."""
+        part = self._partitions.setdefault(partition, _Partition())
+        event = held.event
+        actions: list[Action] = []
+        state = self.states.get(event.id)
+        if (
+            state is None
+            and part.watermark is not None
+            and event.ts <= part.watermark - self.settings.memory
+        ):
+            actions.append(
+                DeadLetter(
+                    held.raw,
+                    held.source,
+                    f"late: {event.kind} for call {event.id} at {event.ts.isoformat()} is older"
+                    f" than the {self.settings.memory} memory window",
+                    "late",
+                )
+            )
+        else:
+            new, changed = merge(state, held)
+            if not changed or getattr(state, event.kind, None) is not None:
+                actions.append(Duplicate(event.id))  # this event, or the one it displaced
+            if changed:
+                if new.end is not None and new.timed_out_at is not None:
+                    new = replace(new, timed_out_at=None)  # the real end corrects a timeout
+                if new.complete:
+                    new = replace(new, revision=new.revision + 1)
+                    actions.append(Emit(new))
+                self.states[event.id] = new
+                heapq.heappush(part.deadlines, (new.deadline(self.settings)[0], event.id))
+        if part.watermark is None or event.ts > part.watermark:
+            part.watermark = event.ts
+        actions.extend(self._expire(part))
+        return actions
+
+    def advance(self, partition: int, watermark: datetime) -> list[Action]:
+        """Move a partition's event time forward without an event (idle wall-clock tick)."""
+        part = self._partitions.setdefault(partition, _Partition())
+        if part.watermark is None or watermark > part.watermark:
+            part.watermark = watermark
+        return self._expire(part)
+
+    def _expire(self, part: _Partition) -> list[Action]:
+        actions: list[Action] = []
+        wm = part.watermark
+        heap = part.deadlines
+        while heap and wm is not None and heap[0][0] <= wm:
+            _, call_id = heapq.heappop(heap)
+            state = self.states.get(call_id)
+            if state is None:
+                continue
+            due, kind = state.deadline(self.settings)
+            if due > wm:
+                heapq.heappush(heap, (due, call_id))  # stale entry: the state moved on
+                continue
+            if kind == "forget":
+                del self.states[call_id]
+            elif kind == "orphan":
+                del self.states[call_id]
+                reason = (
+                    f"orphan: no start event for call {call_id} within {self.settings.orphan_wait}"
+                )
+                actions.extend(DeadLetter(h.raw, h.source, reason, "orphan") for h in state.held())
+            else:  # timeout
+                assert state.start is not None
+                closed = replace(
+                    state,
+                    timed_out_at=state.start.event.ts + self.settings.max_call_duration,
+                    revision=state.revision + 1,
+                )
+                self.states[call_id] = closed
+                heapq.heappush(heap, (closed.deadline(self.settings)[0], call_id))
+                actions.append(Emit(closed))
+        return actions
+
+    def open_calls(self) -> int:
+        """Calls still waiting for an event (not yet complete)."""
+        return sum(1 for s in self.states.values() if not s.complete)
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (as in the Java client's default partitioner)."""
+    length = len(data)
+    seed = 0x9747B28C
+    m = 0x5BD1E995
+    r = 24
+    h = (seed ^ length) & 0xFFFFFFFF
+    nblocks = length // 4
+    for i in range(nblocks):
+        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    tail = length & 3
+    base = nblocks * 4
+    if tail == 3:
+        h ^= data[base + 2] << 16
+    if tail >= 2:
+        h ^= data[base + 1] << 8
+    if tail >= 1:
+        h ^= data[base]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def partition_for(call_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for this key."""
+    return (murmur2(call_id.encode()) & 0x7FFFFFFF) % partitions

@@ -1,0 +1,551 @@
+"""Operator reference data (SPEC section 2): strict loading and versioned hot reload.
+
+Loading is all-or-nothing: the first problem in any of the three files raises `RefDataError`
+naming file, line and column, and nothing of the new set is used. Validation decisions:
+
+* The header must equal the SPEC's column list exactly (a UTF-8 BOM, as written by
+  spreadsheet tools, is ignored). Blank lines are skipped. Every field is stripped of
+  surrounding whitespace before it is checked.
+* Money: plain decimal notation only (``0.0125``; no exponent, NaN or infinity), non-negative,
+  parsed straight to `Decimal`. rates.csv: `rate` required, `initial_rate` empty = `rate`,
+  `connection_fee` empty = 0. dids.csv: rates may be empty (= service not used).
+* Increments: whole seconds >= 1; required in rates.csv, default ``1,1`` in dids.csv.
+* `effective_from`: ISO 8601 date (midnight UTC) or datetime; a datetime without offset is
+  UTC, one with an offset is converted to UTC.
+* Names (deck, trunk, account) must be non-empty; prefix, DID and replace_cli are ASCII
+  digits (prefix 1..15, DID/replace_cli 6..15 without a leading 0, like E.164); origin_country
+  is two uppercase letters or empty; category is International, Local, Origin based or empty
+  (exact spelling, as in CDR Type).
+* Duplicates are refused: deck+prefix+category+effective_from (compared as instants), trunk
+  name, DID. A trunk's deck and a DID's non-empty termination_deck must exist in rates.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import os
+import re
+import threading
+from bisect import bisect_right
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import MappingProxyType
+
+from pipeline.core.rating import RateBook, RateRow
+
+__all__ = [
+    "RATES_FILE",
+    "TRUNKS_FILE",
+    "DIDS_FILE",
+    "RATES_HEADER",
+    "TRUNKS_HEADER",
+    "DIDS_HEADER",
+    "CATEGORIES",
+    "RefDataError",
+    "Trunk",
+    "Did",
+    "RefData",
+    "RefDataVersion",
+    "RefDataHolder",
+    "load_refdata",
+    "parse_refdata",
+]
+
+log = logging.getLogger(__name__)
+
+RATES_FILE = "rates.csv"
+TRUNKS_FILE = "trunks.csv"
+DIDS_FILE = "dids.csv"
+FILES = (RATES_FILE, TRUNKS_FILE, DIDS_FILE)
+
+RATES_HEADER = (
+    "deck", "prefix", "country", "network", "category", "rate", "initial_rate",
+    "connection_fee", "initial_increment", "recurring_increment", "effective_from",
+)  # fmt: skip
+TRUNKS_HEADER = ("trunk", "account", "deck", "replace_cli", "origin_country")
+DIDS_HEADER = (
+    "did", "account", "toll_free_rate", "metered_rate", "termination_deck",
+    "initial_increment", "recurring_increment",
+)  # fmt: skip
+CATEGORIES = frozenset({"International", "Local", "Origin based"})
+
+
+class RefDataError(ValueError):
+    """A problem in a reference-data file; ``str()`` is ``file:line:col (name): message``.
+
+    `column` is 1-based (None for a whole-line or whole-file problem), `line` is the physical
+    line where the CSV record starts (0 for a whole-file problem such as a missing file).
+    """
+
+    def __init__(
+        self,
+        file: str,
+        line: int,
+        column: int | None,
+        message: str,
+        column_name: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.column = column
+        self.column_name = column_name
+        self.message = message
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file if self.line == 0 else f"{self.file}:{self.line}"
+        if self.column is not None:
+            where += f":{self.column}"
+            if self.column_name:
+                where += f" ({self.column_name})"
+        return f"{where}: {self.message}"
+
+    def __reduce__(self):  # keep pickling (multiprocessing, logging handlers) working
+        return (
+            RefDataError,
+            (self.file, self.line, self.column, self.message, self.column_name),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Trunk:
+    """A trunks.csv row. `replace_cli`/`origin_country` are None when empty."""
+
+    name: str
+    account: str
+    deck: str
+    replace_cli: str | None
+    origin_country: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Did:
+    """A dids.csv row. Rates are None for services not used; increments already defaulted."""
+
+    did: str
+    account: str
+    toll_free_rate: Decimal | None
+    metered_rate: Decimal | None
+    termination_deck: str | None
+    initial_increment: int
+    recurring_increment: int
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RefData:
+    """One complete, validated set of reference data. `fingerprint` is the SHA-256 of the
+    three files' bytes, so equal content means an equal fingerprint whatever the mtimes."""
+
+    rates: RateBook
+    trunks: Mapping[str, Trunk]
+    dids: Mapping[str, Did]
+    fingerprint: str
+
+
+# --------------------------------------------------------------------------- field parsers
+
+
+class _FieldError(Exception):
+    """Raised by a field parser; the row loop adds file/line/column."""
+
+
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_INT = re.compile(r"[+-]?[0-9]+")
+_PREFIX = re.compile(r"[0-9]{1,15}")
+_E164 = re.compile(r"[1-9][0-9]{5,14}")
+_COUNTRY = re.compile(r"[A-Z]{2}")
+
+
+def _money(v: str) -> Decimal:
+    if not _DECIMAL.fullmatch(v):
+        raise _FieldError(f"not a decimal: {v!r}")
+    d = Decimal(v)
+    if d.is_signed() and d:
+        raise _FieldError(f"negative amount: {v!r}")
+    return abs(d)  # also normalises "-0"
+
+
+def _increment(v: str) -> int:
+    if not _INT.fullmatch(v):
+        raise _FieldError(f"not a whole number of seconds: {v!r}")
+    n = int(v)
+    if n < 1:
+        raise _FieldError(f"increment must be >= 1 second: {v!r}")
+    return n
+
+
+def _when(v: str) -> datetime:
+    try:
+        if len(v) <= 10 and "T" not in v and " " not in v:
+            d = date.fromisoformat(v)
+            return datetime(d.year, d.month, d.day, tzinfo=UTC)
+        t = datetime.fromisoformat(v)
+    except ValueError:
+        raise _FieldError(f"not an ISO date or datetime: {v!r}") from None
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _required(v: str) -> str:
+    if not v:
+        raise _FieldError("must not be empty")
+    return v
+
+
+def _prefix(v: str) -> str:
+    if not _PREFIX.fullmatch(v):
+        raise _FieldError(f"prefix must be 1..15 digits: {v!r}")
+    return v
+
+
+def _e164(v: str) -> str:
+    if not _E164.fullmatch(v):
+        raise _FieldError(f"not an E.164 number (6..15 digits, no leading 0 or +): {v!r}")
+    return v
+
+
+def _category(v: str) -> str:
+    if v and v not in CATEGORIES:
+        raise _FieldError(
+            f"unknown category {v!r}: expected International, Local, Origin based or empty"
+        )
+    return v
+
+
+def _country(v: str) -> str | None:
+    if not v:
+        return None
+    if not _COUNTRY.fullmatch(v):
+        raise _FieldError(f"not an ISO 3166 alpha-2 code (two uppercase letters): {v!r}")
+    return v
+
+
+# --------------------------------------------------------------------------- CSV reading
+
+
+class _Table:
+    """Rows of one CSV file with their starting line numbers, after header validation."""
+
+    def __init__(self, name: str, data: bytes, header: tuple[str, ...]) -> None:
+        self.name = name
+        self.header = header
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise RefDataError(name, line, None, f"not UTF-8: {exc.reason}") from None
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        self.rows: list[tuple[int, list[str]]] = []
+        prev_end = 0
+        try:
+            for rec in reader:
+                start, prev_end = prev_end + 1, reader.line_num
+                if not rec or (len(rec) == 1 and not rec[0].strip()):
+                    continue
+                self.rows.append((start, [f.strip() for f in rec]))
+        except csv.Error as exc:
+            raise RefDataError(name, reader.line_num, None, f"CSV syntax: {exc}") from None
+        if not self.rows:
+            raise RefDataError(name, 1, None, f"empty file: expected header {','.join(header)}")
+        line, got = self.rows.pop(0)
+        for i, want in enumerate(header):
+            if i >= len(got):
+                raise RefDataError(name, line, i + 1, f"header: missing column {want!r}")
+            if got[i] != want:
+                raise RefDataError(
+                    name, line, i + 1, f"header: expected {want!r}, got {got[i]!r}", want
+                )
+        if len(got) > len(header):
+            raise RefDataError(
+                name, line, len(header) + 1, f"header: unexpected extra column {got[len(header)]!r}"
+            )
+
+    def records(self):
+        """Yield (line, fields, field_parser) with a field count check per line."""
+        n = len(self.header)
+        for line, fields in self.rows:
+            if len(fields) != n:
+                col = min(len(fields), n) + 1
+                raise RefDataError(
+                    self.name,
+                    line,
+                    col,
+                    f"expected {n} fields, got {len(fields)}",
+                    self.header[col - 1] if col <= n else None,
+                )
+            yield line, fields
+
+    def field(self, line: int, fields: list[str], col: str, parse: Callable[[str], object]):
+        i = self.header.index(col)
+        try:
+            return parse(fields[i])
+        except _FieldError as exc:
+            raise RefDataError(self.name, line, i + 1, str(exc), col) from None
+
+    def error(self, line: int, col: str, message: str) -> RefDataError:
+        return RefDataError(self.name, line, self.header.index(col) + 1, message, col)
+
+
+def _parse_rates(data: bytes) -> RateBook:
+    t = _Table(RATES_FILE, data, RATES_HEADER)
+    rows: list[RateRow] = []
+    seen: dict[tuple[str, str, str, datetime], int] = {}
+    for line, f in t.records():
+        g = t.field
+        rate = g(line, f, "rate", _money)
+        initial_rate = f[6] and g(line, f, "initial_rate", _money) or rate
+        row = RateRow(
+            deck=g(line, f, "deck", _required),
+            prefix=g(line, f, "prefix", _prefix),
+            country=f[2],
+            network=f[3],
+            category=g(line, f, "category", _category),
+            rate=rate,
+            initial_rate=initial_rate,
+            connection_fee=g(line, f, "connection_fee", _money) if f[7] else Decimal(0),
+            initial_increment=g(line, f, "initial_increment", _increment),
+            recurring_increment=g(line, f, "recurring_increment", _increment),
+            effective_from=g(line, f, "effective_from", _when),
+            line=line,
+        )
+        key = (row.deck, row.prefix, row.category, row.effective_from)
+        if key in seen:
+            raise t.error(
+                line,
+                "deck",
+                f"duplicate of line {seen[key]} (same deck, prefix, category, effective_from)",
+            )
+        seen[key] = line
+        rows.append(row)
+    return RateBook(rows)
+
+
+def _parse_trunks(data: bytes, decks: frozenset[str]) -> dict[str, Trunk]:
+    t = _Table(TRUNKS_FILE, data, TRUNKS_HEADER)
+    trunks: dict[str, Trunk] = {}
+    lines: dict[str, int] = {}
+    for line, f in t.records():
+        g = t.field
+        trunk = Trunk(
+            name=g(line, f, "trunk", _required),
+            account=g(line, f, "account", _required),
+            deck=g(line, f, "deck", _required),
+            replace_cli=g(line, f, "replace_cli", _e164) if f[3] else None,
+            origin_country=g(line, f, "origin_country", _country),
+        )
+        if trunk.name in trunks:
+            raise t.error(line, "trunk", f"duplicate trunk {trunk.name!r} (line {lines[trunk.name]})")
+        if trunk.deck not in decks:
+            raise t.error(line, "deck", f"unknown rate deck {trunk.deck!r} (not in {RATES_FILE})")
+        trunks[trunk.name] = trunk
+        lines[trunk.name] = line
+    return trunks
+
+
+def _parse_dids(data: bytes, decks: frozenset[str]) -> dict[str, Did]:
+    t = _Table(DIDS_FILE, data, DIDS_HEADER)
+    dids: dict[str, Did] = {}
+    lines: dict[str, int] = {}
+    for line, f in t.records():
+        g = t.field
+        did = Did(
+            did=g(line, f, "did", _e164),
+            account=g(line, f, "account", _required),
+            toll_free_rate=g(line, f, "toll_free_rate", _money) if f[2] else None,
+            metered_rate=g(line, f, "metered_rate", _money) if f[3] else None,
+            termination_deck=f[4] or None,
+            initial_increment=g(line, f, "initial_increment", _increment) if f[5] else 1,
+            recurring_increment=g(line, f, "recurring_increment", _increment) if f[6] else 1,
+        )
+        if did.did in dids:
+            raise t.error(line, "did", f"duplicate DID {did.did} (line {lines[did.did]})")
+        if did.termination_deck is not None and did.termination_deck not in decks:
+            raise t.error(
+                line,
+                "termination_deck",
+                f"unknown rate deck {did.termination_deck!r} (not in {RATES_FILE})",
+            )
+        dids[did.did] = did
+        lines[did.did] = line
+    return dids
+
+
+def _fingerprint(contents: Mapping[str, bytes]) -> str:
+    h = hashlib.sha256()
+    for name in FILES:
+        data = contents[name]
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
+    return h.hexdigest()
+
+
+def parse_refdata(contents: Mapping[str, bytes]) -> RefData:
+    """Validate the three files given as bytes by file name; raise `RefDataError` on the
+    first problem (files are checked in the order rates, trunks, dids)."""
+    rates = _parse_rates(contents[RATES_FILE])
+    trunks = _parse_trunks(contents[TRUNKS_FILE], rates.decks)
+    dids = _parse_dids(contents[DIDS_FILE], rates.decks)
+    return RefData(
+        rates=rates,
+        trunks=MappingProxyType(trunks),
+        dids=MappingProxyType(dids),
+        fingerprint=_fingerprint(contents),
+    )
+
+
+def _read_all(config_dir: Path) -> dict[str, bytes]:
+    contents: dict[str, bytes] = {}
+    for name in FILES:
+        try:
+            contents[name] = (config_dir / name).read_bytes()
+        except FileNotFoundError:
+            raise RefDataError(name, 0, None, f"file not found in {config_dir}") from None
+        except OSError as exc:
+            raise RefDataError(name, 0, None, f"cannot read: {exc.strerror or exc}") from None
+    return contents
+
+
+def load_refdata(config_dir: str | os.PathLike[str]) -> RefData:
+    """Read and validate rates.csv, trunks.csv and dids.csv from `config_dir`."""
+    return parse_refdata(_read_all(Path(config_dir)))
+
+
+# --------------------------------------------------------------------------- hot reload
+
+
+@dataclass(frozen=True, slots=True)
+class RefDataVersion:
+    """A reference-data set and the moment it was loaded (aware UTC)."""
+
+    loaded_at: datetime
+    data: RefData
+
+
+_Signature = tuple[tuple[int, int, int] | None, ...]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class RefDataHolder:
+    """The reference data in force, with history so each call is rated by the version that
+    was loaded when it started (SPEC: "a change applies to calls that start after it is
+    loaded").
+
+    * The constructor loads once and raises `RefDataError` if that fails: there is no last
+      good version to fall back on.
+    * `reload_if_changed()` is cheap when nothing changed (three ``stat`` calls). When a file's
+      (mtime, size, inode) changed it re-reads; identical content (same fingerprint) is not a
+      new version. Malformed content raises `RefDataError` once, keeps the last good version in
+      force, and is not re-reported until the files change again (`last_error` keeps it).
+      A file modified while it is being read is not recorded as seen, so the next poll
+      retries.
+    * `for_call(start)` returns the newest version loaded at or before `start`, or the oldest
+      if all are newer (e.g. replaying old events).
+    * History is bounded by `max_versions` (oldest dropped first); `prune(before)` drops
+      versions no call starting at or after `before` can need.
+
+    Thread-safe for one reloader and many readers: readers see immutable snapshots.
+    """
+
+    def __init__(
+        self,
+        config_dir: str | os.PathLike[str],
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        max_versions: int = 64,
+    ) -> None:
+        self.config_dir = Path(config_dir)
+        self._clock = clock
+        self._max_versions = max(1, max_versions)
+        self._lock = threading.Lock()
+        self.last_error: RefDataError | None = None
+        sig = self._signature()
+        data = load_refdata(self.config_dir)
+        self._seen_sig: _Signature = sig if sig == self._signature() else ()
+        self._versions: tuple[RefDataVersion, ...] = (RefDataVersion(clock(), data),)
+        self._loaded_ats: tuple[datetime, ...] = (self._versions[0].loaded_at,)
+
+    @property
+    def current(self) -> RefData:
+        """The newest good version."""
+        return self._versions[-1].data
+
+    @property
+    def versions(self) -> tuple[RefDataVersion, ...]:
+        """All remembered versions, oldest first."""
+        return self._versions
+
+    def _signature(self) -> _Signature:
+        sig: list[tuple[int, int, int] | None] = []
+        for name in FILES:
+            try:
+                st = os.stat(self.config_dir / name)
+            except OSError:
+                sig.append(None)
+            else:
+                sig.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        return tuple(sig)
+
+    def reload_if_changed(self, now: datetime | None = None) -> bool:
+        """Load the files if they changed since the last look; True if a new version is now in
+        force (loaded at `now`, default the clock). Raises `RefDataError` for a malformed new
+        set (the previous version stays in force)."""
+        with self._lock:
+            sig = self._signature()
+            if sig == self._seen_sig:
+                return False
+            try:
+                contents = _read_all(self.config_dir)
+                stable = sig == self._signature()
+                if _fingerprint(contents) == self.current.fingerprint:
+                    if stable:
+                        self._seen_sig = sig
+                    self.last_error = None
+                    return False
+                data = parse_refdata(contents)
+            except RefDataError as exc:
+                if stable if "stable" in locals() else False:
+                    self._seen_sig = sig
+                self.last_error = exc
+                log.error("reference data refused, keeping the last good version: %s", exc)
+                raise
+            if stable:
+                self._seen_sig = sig
+            self.last_error = None
+            loaded_at = now if now is not None else self._clock()
+            if loaded_at < self._versions[-1].loaded_at:  # clocks must not reorder history
+                loaded_at = self._versions[-1].loaded_at
+            versions = (*self._versions, RefDataVersion(loaded_at, data))
+            versions = versions[-self._max_versions :]
+            self._versions = versions
+            self._loaded_ats = tuple(v.loaded_at for v in versions)
+            log.info("reference data loaded: %s", data.fingerprint[:12])
+            return True
+
+    def for_call(self, start_time: datetime) -> RefData:
+        """The version in force for a call starting at `start_time` (aware)."""
+        versions = self._versions
+        loaded_ats = self._loaded_ats
+        if len(versions) == 1 or start_time >= loaded_ats[-1]:
+            return versions[-1].data
+        # Note: read both tuples before indexing; a concurrent reload swaps them together
+        # only under the lock, so pair them defensively by length.
+        n = min(len(versions), len(loaded_ats))
+        i = bisect_right(loaded_ats, start_time, 0, n)
+        return versions[i - 1].data if i else versions[0].data
+
+    def prune(self, before: datetime) -> None:
+        """Forget versions that only calls starting before `before` could use."""
+        with self._lock:
+            i = bisect_right(self._loaded_ats, before)
+            keep_from = max(0, i - 1)
+            if keep_from:
+                self._versions = self._versions[keep_from:]
+                self._loaded_ats = self._loaded_ats[keep_from:]
