@@ -109,6 +109,7 @@ class DeadLetter:
     source: Source
     reason: str
     kind: Literal["orphan", "late", "invalid"]
+    call_id: str | None = None  # known for orphans and late events, not for invalid bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class Correlator:
                     f"late: {event.kind} for call {event.id} at {event.ts.isoformat()} is older"
                     f" than the {self.settings.memory} memory window",
                     "late",
+                    event.id,
                 )
             )
         else:
@@ -234,7 +236,9 @@ class Correlator:
                 reason = (
                     f"orphan: no start event for call {call_id} within {self.settings.orphan_wait}"
                 )
-                actions.extend(DeadLetter(h.raw, h.source, reason, "orphan") for h in state.held())
+                actions.extend(
+                    DeadLetter(h.raw, h.source, reason, "orphan", call_id) for h in state.held()
+                )
             else:  # timeout
                 assert state.start is not None
                 closed = replace(

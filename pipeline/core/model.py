@@ -50,9 +50,12 @@ class Event:
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CDR:
     """A finished call detail record: every column of both seed layouts plus bookkeeping.
+
+    Not frozen: building one is on the hot path and frozen dataclasses set each
+    field through object.__setattr__ (twice as slow); treat it as a value anyway.
 
     Fields that only one direction has are None for the other. Money is Decimal,
     None where the call is unrated or the service does not apply.

@@ -255,7 +255,7 @@ class _Table:
         line, got = self.rows.pop(0)
         for i, want in enumerate(header):
             if i >= len(got):
-                raise RefDataError(name, line, i + 1, f"header: missing column {want!r}")
+                raise RefDataError(name, line, i + 1, f"header: missing column {want!r}", want)
             if got[i] != want:
                 raise RefDataError(
                     name, line, i + 1, f"header: expected {want!r}, got {got[i]!r}", want
@@ -266,7 +266,7 @@ class _Table:
             )
 
     def records(self):
-        """Yield (line, fields, field_parser) with a field count check per line."""
+        """Yield (line, fields), refusing a line with the wrong number of fields."""
         n = len(self.header)
         for line, fields in self.rows:
             if len(fields) != n:
@@ -298,7 +298,7 @@ def _parse_rates(data: bytes) -> RateBook:
     for line, f in t.records():
         g = t.field
         rate = g(line, f, "rate", _money)
-        initial_rate = f[6] and g(line, f, "initial_rate", _money) or rate
+        initial_rate = g(line, f, "initial_rate", _money) if f[6] else rate
         row = RateRow(
             deck=g(line, f, "deck", _required),
             prefix=g(line, f, "prefix", _prefix),
@@ -339,7 +339,9 @@ def _parse_trunks(data: bytes, decks: frozenset[str]) -> dict[str, Trunk]:
             origin_country=g(line, f, "origin_country", _country),
         )
         if trunk.name in trunks:
-            raise t.error(line, "trunk", f"duplicate trunk {trunk.name!r} (line {lines[trunk.name]})")
+            raise t.error(
+                line, "trunk", f"duplicate trunk {trunk.name!r} (line {lines[trunk.name]})"
+            )
         if trunk.deck not in decks:
             raise t.error(line, "deck", f"unknown rate deck {trunk.deck!r} (not in {RATES_FILE})")
         trunks[trunk.name] = trunk
@@ -469,18 +471,25 @@ class RefDataHolder:
         sig = self._signature()
         data = load_refdata(self.config_dir)
         self._seen_sig: _Signature = sig if sig == self._signature() else ()
-        self._versions: tuple[RefDataVersion, ...] = (RefDataVersion(clock(), data),)
-        self._loaded_ats: tuple[datetime, ...] = (self._versions[0].loaded_at,)
+        first = RefDataVersion(clock(), data)
+        # One tuple swapped atomically: readers never see versions and times out of step.
+        self._state: tuple[tuple[RefDataVersion, ...], tuple[datetime, ...]] = (
+            (first,),
+            (first.loaded_at,),
+        )
 
     @property
     def current(self) -> RefData:
         """The newest good version."""
-        return self._versions[-1].data
+        return self._state[0][-1].data
 
     @property
     def versions(self) -> tuple[RefDataVersion, ...]:
         """All remembered versions, oldest first."""
-        return self._versions
+        return self._state[0]
+
+    def _set_versions(self, versions: tuple[RefDataVersion, ...]) -> None:
+        self._state = (versions, tuple(v.loaded_at for v in versions))
 
     def _signature(self) -> _Signature:
         sig: list[tuple[int, int, int] | None] = []
@@ -501,6 +510,7 @@ class RefDataHolder:
             sig = self._signature()
             if sig == self._seen_sig:
                 return False
+            stable = False
             try:
                 contents = _read_all(self.config_dir)
                 stable = sig == self._signature()
@@ -511,7 +521,7 @@ class RefDataHolder:
                     return False
                 data = parse_refdata(contents)
             except RefDataError as exc:
-                if stable if "stable" in locals() else False:
+                if stable or sig == self._signature():  # same bad files: report them once
                     self._seen_sig = sig
                 self.last_error = exc
                 log.error("reference data refused, keeping the last good version: %s", exc)
@@ -519,33 +529,26 @@ class RefDataHolder:
             if stable:
                 self._seen_sig = sig
             self.last_error = None
+            versions = self._state[0]
             loaded_at = now if now is not None else self._clock()
-            if loaded_at < self._versions[-1].loaded_at:  # clocks must not reorder history
-                loaded_at = self._versions[-1].loaded_at
-            versions = (*self._versions, RefDataVersion(loaded_at, data))
-            versions = versions[-self._max_versions :]
-            self._versions = versions
-            self._loaded_ats = tuple(v.loaded_at for v in versions)
+            if loaded_at < versions[-1].loaded_at:  # a clock step back must not reorder history
+                loaded_at = versions[-1].loaded_at
+            self._set_versions((*versions, RefDataVersion(loaded_at, data))[-self._max_versions :])
             log.info("reference data loaded: %s", data.fingerprint[:12])
             return True
 
     def for_call(self, start_time: datetime) -> RefData:
         """The version in force for a call starting at `start_time` (aware)."""
-        versions = self._versions
-        loaded_ats = self._loaded_ats
-        if len(versions) == 1 or start_time >= loaded_ats[-1]:
+        versions, loaded_ats = self._state
+        if start_time >= loaded_ats[-1]:
             return versions[-1].data
-        # Note: read both tuples before indexing; a concurrent reload swaps them together
-        # only under the lock, so pair them defensively by length.
-        n = min(len(versions), len(loaded_ats))
-        i = bisect_right(loaded_ats, start_time, 0, n)
+        i = bisect_right(loaded_ats, start_time)
         return versions[i - 1].data if i else versions[0].data
 
     def prune(self, before: datetime) -> None:
         """Forget versions that only calls starting before `before` could use."""
         with self._lock:
-            i = bisect_right(self._loaded_ats, before)
-            keep_from = max(0, i - 1)
+            versions, loaded_ats = self._state
+            keep_from = max(0, bisect_right(loaded_ats, before) - 1)
             if keep_from:
-                self._versions = self._versions[keep_from:]
-                self._loaded_ats = self._loaded_ats[keep_from:]
+                self._set_versions(versions[keep_from:])

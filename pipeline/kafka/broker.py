@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -36,7 +36,7 @@ from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from pipeline.kafka.topics import DEFAULT_PARTITIONS, ensure_topics, run_sync
+from pipeline.kafka.topics import DEFAULT_PARTITIONS, TopicError, ensure_topics, run_sync
 
 log = logging.getLogger(__name__)
 
@@ -313,8 +313,9 @@ class LocalKafka:
     def _alive(self, pid: int) -> bool:
         """Is ``pid`` our broker JVM (not a zombie, not a recycled pid of something else)?"""
         if self._proc is not None and self._proc.pid == pid:
-            if self._proc.poll() is not None:  # also reaps our own child
-                return False
+            # Our own child: poll() is authoritative (and reaps it). /proc/<pid>/cmdline is not,
+            # right after launch: it can read empty while the java launcher is still exec'ing.
+            return self._proc.poll() is None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -412,7 +413,7 @@ class LocalKafka:
                     if run_sync(self._probe()):
                         return
                     last_error = "broker not registered yet"
-                except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+                except Exception as exc:  # any failure here means "not ready yet"
                     last_error = f"{type(exc).__name__}: {exc}"
             time.sleep(0.25)
         raise KafkaError(
@@ -491,17 +492,6 @@ class LocalKafka:
         self.stop()
 
 
-@contextlib.contextmanager
-def running_kafka(**kwargs: object) -> Iterator[LocalKafka]:
-    """``with running_kafka(port=...) as kafka:`` - start, yield, always stop."""
-    kafka = LocalKafka(**kwargs)  # type: ignore[arg-type]
-    try:
-        kafka.start()
-        yield kafka
-    finally:
-        kafka.stop()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (status: 0 running, 3 stopped, like LSB)."""
     parser = argparse.ArgumentParser(
@@ -542,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{topic}\t{count} partitions")
         elif args.command == "config":
             print(render_server_properties(kafka.port, kafka.controller_port, kafka.storage_dir))
-    except KafkaError as exc:
+    except (KafkaError, TopicError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

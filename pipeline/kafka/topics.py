@@ -76,8 +76,7 @@ async def _partition_counts(
             continue
         partitions = meta["partitions"]
         if need_leaders and (
-            not partitions
-            or any(p["error_code"] != _OK or p["leader"] < 0 for p in partitions)
+            not partitions or any(p["error_code"] != _OK or p["leader"] < 0 for p in partitions)
         ):
             continue
         counts[meta["topic"]] = len(partitions)
@@ -109,9 +108,7 @@ async def ensure_topics_async(
     """
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await admin.start()
     try:
         existing = await _partition_counts(admin, ALL_TOPICS)
@@ -139,7 +136,7 @@ async def ensure_topics_async(
             await asyncio.sleep(0.2)
         # A concurrent creator may have won the race with another count.
         _check_inputs(counts, partitions)
-        return counts
+        return {t: counts[t] for t in ALL_TOPICS}
     finally:
         await admin.close()
 
@@ -153,9 +150,7 @@ async def delete_topics_async(
     that is still being deleted fails, hence the wait.
     """
     wanted = list(topics)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000)
-    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
     await admin.start()
     try:
         existing = list(await _partition_counts(admin, wanted))

@@ -1,0 +1,239 @@
+"""`cdrpipe` command line: thin wiring of the core, the store and the services."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline import config
+
+
+def _add_store(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        default=None,
+        help="ClickHouse DSN (default: $CDRPIPE_STORE, else the embedded chDB store in ./data)",
+    )
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="reference data directory (default: $CDRPIPE_CONFIG, else deploy/config)",
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import orjson
+
+    from pipeline.core.refdata import RefDataError, RefDataHolder
+    from pipeline.replay import replay_file
+    from pipeline.store.client import connect
+    from pipeline.store.writer import CdrWriter
+
+    try:
+        refdata = RefDataHolder(args.config or config.config_dir())
+    except RefDataError as exc:
+        print(f"reference data refused: {exc}", file=sys.stderr)
+        return 2
+    writer = CdrWriter(connect(args.store))
+    dlq = args.dlq.open("wb") if args.dlq else None
+
+    def dead_letter(line: int, dead) -> None:
+        if dlq is not None:
+            record = {
+                "line": line,
+                "kind": dead.kind,
+                "reason": dead.reason,
+                "raw": dead.raw.decode("utf-8", "backslashreplace"),
+            }
+            dlq.write(orjson.dumps(record) + b"\n")
+
+    try:
+        summary = replay_file(
+            args.events,
+            refdata,
+            writer.write,
+            settings=config.deadlines(),
+            partitions=args.partitions,
+            dead_letter=dead_letter,
+        )
+    finally:
+        if dlq is not None:
+            dlq.close()
+    for number, reason in summary.bad_lines[: args.show_bad]:
+        print(f"{args.events}:{number}: {reason}", file=sys.stderr)
+    if len(summary.bad_lines) > args.show_bad:
+        print(f"... and {len(summary.bad_lines) - args.show_bad} more bad lines", file=sys.stderr)
+    print(summary.render())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.store.client import connect
+    from pipeline.store.export import write_csv
+    from pipeline.store.queries import CdrFilter
+
+    try:
+        flt = CdrFilter.from_strings(
+            direction=args.direction,
+            time_from=args.time_from,
+            time_to=args.time_to,
+            account=args.account,
+            source=args.source,
+            destination=args.destination,
+            cdr_type=args.type,
+            status=args.status,
+        )
+    except ValueError as exc:
+        print(f"cdrpipe export: {exc}", file=sys.stderr)
+        return 2
+    client = connect(args.store)
+    if args.output:
+        with open(args.output, "w", newline="", encoding="utf-8") as out:
+            rows = write_csv(client, flt, out)
+        print(f"{rows} rows written to {args.output}", file=sys.stderr)
+    else:
+        write_csv(client, flt, sys.stdout)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from pipeline.stream.app import run_worker
+
+    run_worker(
+        bootstrap=args.bootstrap,
+        name=args.name,
+        partitions=args.partitions,
+        idle_after=args.idle_after,
+        web_port=args.web_port,
+    )
+    return 0
+
+
+def cmd_sink(args: argparse.Namespace) -> int:
+    import logging
+
+    from pipeline.stream.sink import run_sink
+
+    logging.basicConfig(level=config.env("CDRPIPE_LOGLEVEL", "WARNING").upper())
+    stats = run_sink(
+        args.store,
+        bootstrap=args.bootstrap,
+        batch_size=args.batch_size,
+        max_wait_s=args.max_wait,
+    )
+    print(f"sink stopped: {stats.rows_written} rows in {stats.batches} batches", file=sys.stderr)
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from pipeline.kafka.broker import main as kafka_main
+
+    return kafka_main(args.rest)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pipeline.simulate import main as simulate_main
+
+    return int(simulate_main(args.rest) or 0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    return run_demo(
+        calls=args.calls,
+        workers=args.workers,
+        out_dir=args.out,
+        store=args.store,
+        rate=args.rate,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cdrpipe", description="SIP call events -> rated CDRs in ClickHouse"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("replay", help="correlate and rate a JSON Lines file of events offline")
+    p.add_argument("events", type=Path, help="JSON Lines file of start/connect/end events")
+    _add_config(p)
+    _add_store(p)
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=config.partitions(),
+        help="route calls like a topic with this many partitions (default 8)",
+    )
+    p.add_argument("--dlq", type=Path, help="write dead-lettered lines (JSON Lines) here")
+    p.add_argument("--show-bad", type=int, default=20, help="bad lines to list (default 20)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("export", help="export CDRs as CSV in the Call Logs layouts")
+    p.add_argument("--direction", required=True, choices=["inbound", "outbound"])
+    p.add_argument("--from", dest="time_from", help="start time from (inclusive), UTC")
+    p.add_argument("--to", dest="time_to", help="start time to (exclusive), UTC")
+    p.add_argument("--account")
+    p.add_argument("--source", help="source number prefix")
+    p.add_argument("--destination", help="destination number prefix")
+    p.add_argument("--type", help="CDR type: International, Local or 'Origin based'")
+    p.add_argument("--status", help="answered, busy, no-answer, cancelled or failed")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    _add_store(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("worker", help="run a Faust correlation worker (events -> cdr.records)")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
+    p.add_argument("--name", default="worker", help="worker name (its local data folder)")
+    p.add_argument("--partitions", type=int, default=None)
+    p.add_argument(
+        "--idle-after",
+        type=float,
+        default=5.0,
+        help="seconds without events before a partition's clock follows wall time",
+    )
+    p.add_argument("--web-port", type=int, default=None, help="enable Faust's web on 127.0.0.1")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("sink", help="run the store sink (cdr.records -> ClickHouse)")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
+    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--max-wait", type=float, default=1.0, help="max seconds a batch waits")
+    _add_store(p)
+    p.set_defaults(func=cmd_sink)
+
+    p = sub.add_parser(
+        "kafka", help="local Kafka broker: install|start|stop|restart|status|topics", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_kafka)
+
+    p = sub.add_parser(
+        "simulate", help="gateway traffic simulator (JSON Lines and/or Kafka)", add_help=False
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("demo", help="broker + workers + sink + simulated traffic, then export")
+    p.add_argument("--calls", type=int, default=20_000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rate", type=float, default=None, help="messages/s (default: max)")
+    p.add_argument("--out", type=Path, default=Path("out"), help="where CSVs and logs go")
+    _add_store(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

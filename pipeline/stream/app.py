@@ -1,0 +1,241 @@
+"""The Faust worker: gateway topics -> correlation table -> `cdr.records` / `sip.call.dlq`.
+
+The agent is thin wiring over `pipeline.core.engine.Engine`: every message is
+fed to the same code the offline replay runs. Call states live in a
+changelog-backed Faust table keyed by call id, written on the partition of
+the event being processed (all input topics share one partition count and are
+keyed by call id, so a call's table entry and its events share a partition).
+
+Event time only moves with events; a timer sends a keyed tick per assigned
+partition into `cdrpipe.ticks` (co-partitioned with the inputs) so that an
+idle partition's clock still moves with the wall clock, and deadlines are
+handled inside the agent, where table writes are allowed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, MutableMapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import faust
+import orjson
+
+from pipeline import config
+from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
+from pipeline.core.engine import Engine, Outcome
+from pipeline.core.model import Source
+from pipeline.core.refdata import RefDataError, RefDataHolder
+from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_DLQ, TOPIC_TICKS
+from pipeline.stream.codec import (
+    cdr_to_bytes,
+    dead_letter_headers,
+    state_from_bytes,
+    state_to_bytes,
+)
+
+log = logging.getLogger(__name__)
+
+TICK_INTERVAL_S = 1.0
+REFDATA_POLL_S = 5.0
+
+
+class TableStates(MutableMapping[str, CallState]):
+    """The Faust table seen as call id -> CallState, with a decoded write-through cache.
+
+    The table holds bytes (its changelog is the durable state); the cache
+    saves re-decoding on every event and is dropped at each rebalance.
+    """
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+        self.cache: dict[str, CallState] = {}
+
+    def __getitem__(self, key: str) -> CallState:
+        state = self.cache.get(key)
+        if state is None:
+            raw = self.table.get(key.encode())
+            if raw is None:
+                raise KeyError(key)
+            state = self.cache[key] = state_from_bytes(raw)
+        return state
+
+    def __setitem__(self, key: str, state: CallState) -> None:
+        self.cache[key] = state
+        self.table[key.encode()] = state_to_bytes(state)
+
+    def __delitem__(self, key: str) -> None:
+        self.cache.pop(key, None)
+        del self.table[key.encode()]
+
+    def __iter__(self) -> Iterator[str]:
+        return (k.decode() if isinstance(k, bytes) else k for k in list(self.table.keys()))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+class WorkerRuntime:
+    """Per-process state around the engine: idle clocks and partition bookkeeping."""
+
+    def __init__(
+        self,
+        refdata: RefDataHolder,
+        states: TableStates,
+        settings: Settings,
+        partitions: int,
+        idle_after: float,
+    ) -> None:
+        self.states = states
+        self.settings = settings
+        self.partitions = partitions
+        self.idle_after = idle_after
+        self.engine = Engine(refdata, states, settings, partitions)
+        self.last_event_wall: dict[int, float] = {}
+        self.assigned: set[int] = set()
+
+    def on_message(self, value: bytes, topic: str, partition: int, offset: int) -> Outcome:
+        self.last_event_wall[partition] = time.monotonic()
+        return self.engine.feed(value, Source(topic, partition, offset), partition)
+
+    def on_tick(self, partition: int) -> Outcome:
+        """Idle partition: let event time follow the wall clock from its last event."""
+        last = self.last_event_wall.get(partition)
+        watermark = self.engine.correlator.watermark(partition)
+        if last is None or watermark is None:
+            return Outcome()
+        idle = time.monotonic() - last
+        if idle < self.idle_after:
+            return Outcome()
+        self.last_event_wall[partition] = time.monotonic()
+        return self.engine.advance(partition, watermark + timedelta(seconds=idle))
+
+    def on_assigned(self, partitions: set[int]) -> None:
+        """After a rebalance and table recovery: re-index deadlines of what we now own."""
+        self.states.cache.clear()
+        correlator = Correlator(self.states, self.settings)
+        by_partition: dict[int, list[str]] = {p: [] for p in partitions}
+        for call_id in self.states:
+            p = partition_for(call_id, self.partitions)
+            if p in by_partition:
+                by_partition[p].append(call_id)
+        for p, ids in by_partition.items():
+            correlator.rebuild(p, ids)
+        self.engine.correlator = correlator
+        self.assigned = partitions
+        now = time.monotonic()
+        self.last_event_wall = {p: now for p in partitions}
+        log.info(
+            "assigned partitions %s with %d open or remembered calls",
+            sorted(partitions),
+            sum(len(v) for v in by_partition.values()),
+        )
+
+
+def create_app(
+    *,
+    bootstrap: str | None = None,
+    name: str = "worker",
+    partitions: int | None = None,
+    settings: Settings | None = None,
+    idle_after: float = 5.0,
+    table_store: str | None = None,
+    web_port: int | None = None,
+) -> faust.App:
+    """Build the worker app; every default comes from `pipeline.config` (the environment)."""
+    partitions = partitions or config.partitions()
+    settings = settings or config.deadlines()
+    datadir = config.data_dir() / "faust" / name
+    app = faust.App(
+        "cdrpipe",
+        broker=f"kafka://{bootstrap or config.kafka_bootstrap()}",
+        store=table_store or config.env("CDRPIPE_TABLE_STORE", "memory://"),
+        datadir=str(datadir),
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=5000,
+        broker_commit_interval=1.0,
+        stream_wait_empty=True,
+        web_enabled=web_port is not None,
+        web_bind="127.0.0.1",
+        web_port=web_port or 6066,
+        web_host="127.0.0.1",
+        table_cleanup_interval=3600.0,
+    )
+    refdata = RefDataHolder(config.config_dir())
+    inputs = app.topic(
+        *INPUT_TOPICS,
+        TOPIC_TICKS,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+    ticks = app.topic(
+        TOPIC_TICKS, key_serializer="raw", value_serializer="raw", partitions=partitions
+    )
+    records = app.topic(
+        TOPIC_CDR, key_serializer="raw", value_serializer="raw", partitions=partitions
+    )
+    dlq = app.topic(TOPIC_DLQ, key_serializer="raw", value_serializer="raw", partitions=partitions)
+    table = app.Table(
+        "calls",
+        default=None,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=partitions,
+    )
+    runtime = WorkerRuntime(refdata, TableStates(table), settings, partitions, idle_after)
+    app.cdrpipe_runtime = runtime  # type: ignore[attr-defined]
+
+    async def publish(outcome: Outcome, key: bytes | None) -> None:
+        for cdr in outcome.cdrs:
+            await records.send(key=cdr.id.encode(), value=cdr_to_bytes(cdr))
+        for dead in outcome.dead:
+            await dlq.send(
+                key=dead.call_id.encode() if dead.call_id else key,
+                value=dead.raw,
+                headers=dead_letter_headers(dead),
+            )
+
+    @app.agent(inputs, concurrency=1)
+    async def correlate(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            if msg.topic == TOPIC_TICKS:
+                outcome = runtime.on_tick(msg.partition)
+            else:
+                outcome = runtime.on_message(event.value, msg.topic, msg.partition, msg.offset)
+            if outcome.cdrs or outcome.dead:
+                await publish(outcome, msg.key)
+
+    @app.timer(TICK_INTERVAL_S)
+    async def tick() -> None:
+        stamp = orjson.dumps({"wall": datetime.now(UTC).isoformat()})
+        for p in sorted(runtime.assigned):
+            await ticks.send(key=b"tick", value=stamp, partition=p)
+
+    @app.timer(REFDATA_POLL_S)
+    async def reload_refdata() -> None:
+        try:
+            refdata.reload_if_changed()
+        except RefDataError as exc:
+            log.error("reference data refused, keeping the last good version: %s", exc)
+
+    @app.on_rebalance_complete.connect
+    async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
+        assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
+        runtime.on_assigned(assigned)
+
+    return app
+
+
+def run_worker(**kwargs: Any) -> None:
+    """Run one worker process until it is stopped (SIGTERM/SIGINT)."""
+    app = create_app(**kwargs)
+    worker = faust.Worker(app, loglevel=config.env("CDRPIPE_LOGLEVEL", "warning"), quiet=True)
+    worker.execute_from_commandline()

@@ -1,0 +1,100 @@
+"""Wire formats of what the workers write to Kafka: CDR records, call states, dead letters.
+
+CDRs travel as JSON with money as decimal strings (never floats) and times as
+ISO 8601 UTC; call states (the Faust table's changelog) keep each event's
+original bytes, so a restored state is re-parsed from exactly what came in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+from pipeline.core.correlate import CallState, DeadLetter, Held
+from pipeline.core.events import event_from_dict, parse_ts
+from pipeline.core.model import CDR, Source
+
+_CDR_FIELDS = tuple(f.name for f in dataclasses.fields(CDR))
+_TIME_FIELDS = frozenset({"start_time", "connect_time", "end_time"})
+_MONEY_FIELDS = frozenset(
+    {"rate", "charged", "toll_free_amount", "termination_amount", "metered_amount"}
+)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+def cdr_to_bytes(cdr: CDR) -> bytes:
+    return orjson.dumps(
+        {name: getattr(cdr, name) for name in _CDR_FIELDS},
+        default=_default,
+        option=orjson.OPT_PASSTHROUGH_DATACLASS,
+    )
+
+
+def cdr_from_bytes(raw: bytes) -> CDR:
+    data = orjson.loads(raw)
+    for name in _TIME_FIELDS:
+        if data.get(name) is not None:
+            data[name] = datetime.fromisoformat(data[name])
+    for name in _MONEY_FIELDS:
+        if data.get(name) is not None:
+            data[name] = Decimal(data[name])
+    return CDR(**{name: data[name] for name in _CDR_FIELDS if name in data})
+
+
+def _held_to_json(held: Held | None) -> list[Any] | None:
+    if held is None:
+        return None
+    s = held.source
+    return [held.raw.decode(), s.topic, s.partition, s.offset]
+
+
+def _held_from_json(data: list[Any] | None) -> Held | None:
+    if data is None:
+        return None
+    raw = data[0].encode()
+    # Accepted once, so valid now: its timestamp can only have fallen further into the past.
+    return Held(event_from_dict(orjson.loads(raw)), raw, Source(data[1], data[2], data[3]))
+
+
+def state_to_bytes(state: CallState) -> bytes:
+    return orjson.dumps(
+        [
+            state.id,
+            _held_to_json(state.start),
+            _held_to_json(state.connect),
+            _held_to_json(state.end),
+            state.timed_out_at.isoformat() if state.timed_out_at else None,
+            state.revision,
+        ]
+    )
+
+
+def state_from_bytes(raw: bytes) -> CallState:
+    call_id, start, connect, end, timed_out_at, revision = orjson.loads(raw)
+    return CallState(
+        id=call_id,
+        start=_held_from_json(start),
+        connect=_held_from_json(connect),
+        end=_held_from_json(end),
+        timed_out_at=parse_ts(timed_out_at) if timed_out_at else None,
+        revision=revision,
+    )
+
+
+DLQ_HEADERS = ("dlq.reason", "dlq.kind", "dlq.topic", "dlq.partition", "dlq.offset")
+
+
+def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
+    """Kafka headers of a dead letter; its value stays the original bytes."""
+    s = dead.source
+    values = (dead.reason, dead.kind, s.topic, str(s.partition), str(s.offset))
+    return [(k, v.encode()) for k, v in zip(DLQ_HEADERS, values, strict=True)]

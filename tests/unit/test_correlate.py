@@ -1,0 +1,190 @@
+"""Correlation of start/connect/end on event time: orders, duplicates, deadlines."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.core.correlate import (
+    CallState,
+    Correlator,
+    DeadLetter,
+    Duplicate,
+    Emit,
+    Held,
+    Settings,
+    murmur2,
+    partition_for,
+)
+from pipeline.core.model import Event, Source
+
+T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+SETTINGS = Settings(
+    max_call_duration=timedelta(hours=4),
+    orphan_wait=timedelta(hours=1),
+    memory=timedelta(hours=24),
+)
+
+
+def held(kind: str, call_id: str = "c1", at: float = 0.0, **fields) -> Held:
+    ts = T0 + timedelta(seconds=at)
+    if kind == "start":
+        fields = {"gateway": "fra1", "direction": "outbound", "account": "a",
+                  "source": "1201", "destination": "4420", "trunk": "T", **fields}
+    if kind == "end":
+        fields = {"disconnect_code": 200, "disconnect_reason": "Bye",
+                  "disconnect_initiator": "origination", **fields}
+    event = Event(kind=kind, id=call_id, ts=ts, **fields)
+    raw = orjson.dumps({"event": kind, "id": call_id, "ts": ts.isoformat(), **fields})
+    return Held(event, raw, Source("t", 0, 0))
+
+
+def run(events: list[Held], correlator: Correlator | None = None) -> tuple[Correlator, list]:
+    correlator = correlator or Correlator({}, SETTINGS)
+    actions = []
+    for h in events:
+        actions.extend(correlator.process(h, 0))
+    return correlator, actions
+
+
+def final(actions: list) -> CallState:
+    emits = [a.state for a in actions if isinstance(a, Emit)]
+    assert emits, "no CDR emitted"
+    return emits[-1]
+
+
+def key(state: CallState) -> tuple:
+    return (state.start, state.connect, state.end, state.timed_out_at)
+
+
+CALL = [held("start", at=0), held("connect", at=5), held("end", at=65)]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_all_six_orders_give_the_same_call(order):
+    _, actions = run([CALL[i] for i in order])
+    state = final(actions)
+    assert key(state) == (CALL[0], CALL[1], CALL[2], None)
+    assert state.revision == sum(isinstance(a, Emit) for a in actions)
+    assert not any(isinstance(a, (DeadLetter, Duplicate)) for a in actions)
+
+
+def test_connect_after_end_corrects_the_emitted_cdr():
+    _, actions = run([CALL[0], CALL[2], CALL[1]])
+    emits = [a.state for a in actions if isinstance(a, Emit)]
+    assert [e.connect for e in emits] == [None, CALL[1]]
+    assert [e.revision for e in emits] == [1, 2]
+
+
+def test_duplicates_are_counted_not_emitted():
+    _, actions = run(CALL + CALL + [CALL[2]])
+    assert sum(isinstance(a, Emit) for a in actions) == 1
+    assert sum(isinstance(a, Duplicate) for a in actions) == 4
+
+
+def test_conflicting_events_of_one_kind_resolve_to_the_earliest_in_any_order():
+    early, late = held("end", at=60), held("end", at=70, disconnect_reason="Later")
+    for ends in ([early, late], [late, early]):
+        _, actions = run([CALL[0], CALL[1], *ends])
+        assert final(actions).end == early
+        assert sum(isinstance(a, Duplicate) for a in actions) == 1
+
+
+def test_start_without_end_times_out_at_max_duration_then_real_end_corrects():
+    correlator, actions = run([held("start", at=0), held("connect", at=3)])
+    assert not actions
+    # another call on the partition moves event time past the 4 h deadline
+    _, actions = run([held("start", "c2", at=4 * 3600)], correlator)
+    closed = final(actions)
+    assert closed.id == "c1" and closed.timed_out_at == T0 + timedelta(hours=4)
+    assert closed.end is None and closed.revision == 1
+    _, actions = run([held("end", at=5 * 3600)], correlator)
+    corrected = final(actions)
+    assert corrected.timed_out_at is None and corrected.end.event.ts == T0 + timedelta(hours=5)
+    assert corrected.revision == 2
+
+
+def test_end_without_start_is_dead_lettered_as_orphan_after_the_wait():
+    correlator, actions = run([held("connect", "o1", at=0), held("end", "o1", at=10)])
+    assert not actions
+    _, actions = run([held("start", "c2", at=3599)], correlator)
+    assert not any(isinstance(a, DeadLetter) for a in actions)
+    _, actions = run([held("start", "c3", at=3600)], correlator)
+    dead = [a for a in actions if isinstance(a, DeadLetter)]
+    assert [d.kind for d in dead] == ["orphan", "orphan"]
+    assert "o1" in dead[0].reason and "orphan" in dead[0].reason
+    assert "o1" not in correlator.states
+
+
+def test_late_start_within_orphan_wait_completes_the_call():
+    _, actions = run([held("end", at=65), held("connect", at=5), held("start", at=0)])
+    assert key(final(actions)) == (CALL[0], CALL[1], CALL[2], None)
+
+
+def test_completed_calls_are_forgotten_after_memory_and_later_events_are_late():
+    correlator, _ = run(CALL)
+    _, actions = run([held("start", "c2", at=65 + 24 * 3600)], correlator)
+    assert "c1" not in correlator.states
+    _, actions = run([held("end", at=65)], correlator)
+    assert [a.kind for a in actions if isinstance(a, DeadLetter)] == ["late"]
+
+
+def test_events_within_memory_are_duplicates_not_new_calls():
+    correlator, _ = run(CALL)
+    _, actions = run([held("start", "c2", at=23 * 3600)], correlator)
+    _, actions = run([CALL[2]], correlator)
+    assert actions == [Duplicate("c1")]
+
+
+def test_advance_moves_event_time_without_events():
+    correlator, _ = run([held("start", at=0)])
+    assert correlator.open_calls() == 1
+    actions = correlator.advance(0, T0 + timedelta(hours=4))
+    assert final(actions).timed_out_at == T0 + timedelta(hours=4)
+    assert correlator.open_calls() == 0
+
+
+def test_partitions_keep_their_own_event_time():
+    correlator = Correlator({}, SETTINGS)
+    correlator.process(held("start", "p0", at=0), 0)
+    actions = correlator.process(held("start", "p1", at=5 * 3600), 1)
+    assert not actions  # partition 1's clock does not close partition 0's call
+    actions = correlator.advance(0, T0 + timedelta(hours=4))
+    assert final(actions).id == "p0"
+
+
+def test_rebuild_restores_deadlines_from_states():
+    correlator, _ = run([held("start", at=0)])
+    recovered = Correlator(dict(correlator.states), SETTINGS)
+    recovered.rebuild(0)
+    assert recovered.watermark(0) == T0
+    assert final(recovered.advance(0, T0 + timedelta(hours=4))).id == "c1"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 2), min_size=3, max_size=9).filter(lambda xs: set(xs) == {0, 1, 2}),
+    st.randoms(use_true_random=False),
+)
+def test_any_permutation_with_duplicates_gives_the_same_final_call(picks, rnd: random.Random):
+    events = [CALL[i] for i in picks]
+    rnd.shuffle(events)
+    _, actions = run(events)
+    assert key(final(actions)) == (CALL[0], CALL[1], CALL[2], None)
+    assert sum(isinstance(a, Duplicate) for a in actions) == len(picks) - 3
+
+
+def test_partition_matches_kafka_default_partitioner():
+    from aiokafka.partitioner import murmur2 as kafka_murmur2
+
+    rnd = random.Random(7)
+    for n in range(2000):
+        key = f"gw-{rnd.randrange(10**9)}-{'x' * (n % 7)}"
+        assert murmur2(key.encode()) == kafka_murmur2(key.encode()) & 0xFFFFFFFF
+        assert 0 <= partition_for(key, 8) < 8
