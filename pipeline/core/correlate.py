@@ -24,6 +24,7 @@ import heapq
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Literal
 
 from pipeline.core.model import Event, Source
@@ -132,10 +133,18 @@ def merge(state: CallState | None, held: Held) -> tuple[CallState, bool]:
     """Add one event to a call's state; returns (new state, whether anything changed)."""
     if state is None:
         state = CallState(id=held.event.id)
-    current: Held | None = getattr(state, held.event.kind)
+    kind = held.event.kind
+    current: Held | None = getattr(state, kind)
     if current is not None and current.sort_key() <= held.sort_key():
         return state, False
-    return replace(state, **{held.event.kind: held}), True
+    start, connect, end = state.start, state.connect, state.end
+    if kind == "start":
+        start = held
+    elif kind == "connect":
+        connect = held
+    else:
+        end = held
+    return CallState(state.id, start, connect, end, state.timed_out_at, state.revision), True
 
 
 class Correlator:
@@ -286,6 +295,7 @@ def murmur2(data: bytes) -> int:
     return h
 
 
+@lru_cache(maxsize=1 << 16)
 def partition_for(call_id: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for this key."""
     return (murmur2(call_id.encode()) & 0x7FFFFFFF) % partitions

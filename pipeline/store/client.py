@@ -138,7 +138,8 @@ def _split_database(dsn: str) -> tuple[str, str | None]:
         query = parse_qsl(parts.query, keep_blank_values=True)
         database = next((v for k, v in query if k == "database"), None)
         rest = urlencode([(k, v) for k, v in query if k != "database"])
-        return urlunsplit(parts._replace(query=rest)), database or None
+        # rebuilt by hand: urlunsplit would drop the empty authority ("chdb:/dir")
+        return f"chdb://{parts.path}" + (f"?{rest}" if rest else ""), database or None
     segment = parts.path.lstrip("/").split("/")[0]
     return urlunsplit(parts._replace(path="")), segment or None
 
@@ -153,8 +154,9 @@ def connect(dsn: str | None = None, *, apply_schema: bool = True) -> Client:
     dsn = _normalize(dsn or default_dsn())
     base, database = _split_database(dsn)
     try:
-        if base.startswith("chdb:///"):
-            Path(urlsplit(base).path).mkdir(parents=True, exist_ok=True)
+        location = urlsplit(base)
+        if location.scheme == "chdb" and not location.netloc and location.path:
+            Path(location.path).mkdir(parents=True, exist_ok=True)
         client = clickhouse_connect.get_client(dsn=base)
     except (ClickHouseError, OSError) as ex:
         hint = ""

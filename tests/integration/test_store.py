@@ -23,6 +23,7 @@ from pipeline.store.client import (
     TABLES,
     Client,
     StoreError,
+    _split_database,
     connect,
     default_dsn,
     redact_dsn,
@@ -112,6 +113,28 @@ def test_tables_have_exactly_the_code_columns(store: Client) -> None:
     for direction, table in TABLES.items():
         names = [row[0] for row in store.query(f"DESCRIBE TABLE {table}").result_rows]
         assert names == [*COLUMNS[direction], "ingested_at"]
+
+
+def test_every_cdr_field_is_stored_in_its_direction_table() -> None:
+    names = {f.name for f in dataclasses.fields(CDR)} - {"direction"}
+    only_out = {"cli", "billing_duration", "rate", "charged"}
+    only_in = {"did", "toll_free_amount", "termination_amount", "metered_amount"}
+    assert set(COLUMNS["outbound"]) == names - only_in
+    assert set(COLUMNS["inbound"]) == names - only_out
+
+
+@pytest.mark.parametrize(
+    ("dsn", "base", "database"),
+    [
+        ("chdb:///var/lib/cdr", "chdb:///var/lib/cdr", None),
+        ("chdb:///var/lib/cdr?database=x&foo=1", "chdb:///var/lib/cdr?foo=1", "x"),
+        ("chdb://memory/x", "chdb://memory", "x"),
+        ("http://u:p@ch:8123/cdr?compress=false", "http://u:p@ch:8123?compress=false", "cdr"),
+        ("https://ch:8443", "https://ch:8443", None),
+    ],
+)
+def test_database_is_read_from_the_dsn(dsn: str, base: str, database: str | None) -> None:
+    assert _split_database(dsn) == (base, database)
 
 
 def test_ttl_two_months_on_start_and_daily_partitions(store: Client) -> None:

@@ -37,13 +37,30 @@ def test_describe_unknown(digits: str):
     assert describe(digits) == UNKNOWN == NumberInfo(None, "", "Unknown")
 
 
-def test_describe_is_cached():
-    describe.cache_clear()
-    describe("442079460123")
-    describe("442079460123")
-    info = describe.cache_info()
-    assert info.hits == 1 and info.misses == 1
-    assert info.maxsize is not None and info.maxsize >= 100_000
+def test_describe_is_cached_per_numbering_plan_prefix(monkeypatch):
+    from pipeline.core import numbers
+
+    calls = []
+    real = numbers._describe
+    monkeypatch.setattr(numbers, "_describe", lambda d: calls.append(d) or real(d))
+    numbers._by_plan.clear()
+    first = describe("442079460123")
+    assert describe("442079460999") == first  # same leading digits and length: no re-parse
+    assert describe("+442079460123") == first
+    assert calls == ["442079460123"]
+    assert describe("4420794601") != first  # another length is looked up on its own
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "digits",
+    ["12015550123", "14165550123", "447700900123", "447911123456", "4915123456789",
+     "493012345678", "33612345678", "81312345678", "8008001234", "79161234567", "77011234567"],
+)
+def test_plan_cache_agrees_with_a_full_parse(digits: str):
+    from pipeline.core import numbers
+
+    assert describe(digits) == numbers._describe(digits)
 
 
 def test_country_name():

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka.partitioner import murmur2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -417,27 +418,62 @@ def test_write_jsonl_round_trips(tmp_path: Path, mixed: simulate.Simulation) -> 
     assert data.split(b"\n")[:-1] == [m.value for m in mixed.messages]
 
 
+class FakeBatch:
+    """Stands in for aiokafka's BatchBuilder: refuses records past a byte budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.size, self.records = limit, 0, []
+        self.closed = False
+
+    def append(self, *, timestamp: float | None, key: bytes, value: bytes) -> object | None:
+        if self.closed or self.size + len(value) > self.limit:
+            self.closed = True
+            return None
+        self.records.append((key, value))
+        self.size += len(value)
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
 class FakeProducer:
-    """Stands in for AIOKafkaProducer: acks each send a little later, like a broker."""
+    """Stands in for AIOKafkaProducer: 3 partitions per topic, acks a little later."""
 
     instances: list[FakeProducer] = []
+    batch_limit = 8 * 1024  # small, so batches fill up and the oversize one goes alone
 
     def __init__(self, **kwargs: Any) -> None:
         self.kwargs = kwargs
-        self.sent: list[tuple[str, bytes, bytes]] = []
+        self.log: list[tuple[str, int | None, bytes, bytes]] = []
         self.futures: list[asyncio.Future[None]] = []
         self.started = self.stopped = False
         FakeProducer.instances.append(self)
 
-    async def start(self) -> None:
-        self.started = True
-
-    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[None]:
-        self.sent.append((topic, key, value))
+    def _ack(self) -> asyncio.Future[None]:
         fut = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_later(0.001, fut.set_result, None)
         self.futures.append(fut)
         return fut
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {2, 0, 1}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch(self.batch_limit)
+
+    async def send_batch(self, batch: FakeBatch, topic: str, *, partition: int) -> Any:
+        assert batch.records
+        self.log += [(topic, partition, k, v) for k, v in batch.records]
+        return self._ack()
+
+    async def send(self, topic: str, value: bytes, key: bytes,
+                   partition: int | None = None) -> asyncio.Future[None]:
+        self.log.append((topic, partition, key, value))
+        return self._ack()
 
     async def flush(self) -> None:
         pass
@@ -447,25 +483,39 @@ class FakeProducer:
         self.stopped = True
 
 
-def test_produce_sends_each_message_keyed_and_waits_for_acks(
-    monkeypatch: pytest.MonkeyPatch, mixed: simulate.Simulation
+def test_produce_batches_by_key_partition_in_order_and_waits_for_acks(
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(simulate, "AIOKafkaProducer", FakeProducer)
     FakeProducer.instances.clear()
-    result = asyncio.run(produce(mixed.messages, "127.0.0.1:9092", chunk=500))
+    msgs = generate(cfg(calls=600, seed=2, malformed=0.05, duplicate=0.05)).messages
+    assert any(len(m.value) > FakeProducer.batch_limit for m in msgs)
+    result = asyncio.run(produce(msgs, "127.0.0.1:9092", chunk=100))
     (p,) = FakeProducer.instances
     assert p.started and p.stopped
     assert p.kwargs["bootstrap_servers"] == "127.0.0.1:9092" and p.kwargs["acks"] == "all"
-    assert p.sent == [(m.topic, m.key, m.value) for m in mixed.messages]
-    assert result["messages"] == len(mixed.messages)
-    assert result["by_topic"] == dict(Counter(m.topic for m in mixed.messages))
+    assert result["messages"] == len(msgs) == len(p.log)
+    assert result["by_topic"] == dict(Counter(m.topic for m in msgs))
+    # Kafka's default partitioner: murmur2(key) over the sorted partitions.
+    want = {(m.topic, murmur2(m.key) & 0x7FFFFFFF) for m in msgs}
+    per_tp: dict[tuple[str, int | None], list[bytes]] = {}
+    for topic, partition, key, value in p.log:
+        assert (topic, partition) in {(t, h % 3) for t, h in want}
+        assert partition == (murmur2(key) & 0x7FFFFFFF) % 3
+        per_tp.setdefault((topic, partition), []).append(value)
+    for tp, values in per_tp.items():  # each partition keeps the emission order
+        assert values == [m.value for m in msgs
+                          if (m.topic, (murmur2(m.key) & 0x7FFFFFFF) % 3) == tp]
 
 
 def test_produce_paces_at_rate(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(simulate, "AIOKafkaProducer", FakeProducer)
+    FakeProducer.instances.clear()
     msgs = generate(cfg(calls=40)).messages[:100]
     result = asyncio.run(produce(msgs, "x:1", rate=1000.0))
     assert result["messages"] == 100 and result["elapsed_s"] >= 0.09
+    (p,) = FakeProducer.instances
+    assert [(t, k, v) for t, _, k, v in p.log] == [(m.topic, m.key, m.value) for m in msgs]
 
 
 def test_main_writes_jsonl_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
