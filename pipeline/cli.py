@@ -40,7 +40,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except RefDataError as exc:
         print(f"reference data refused: {exc}", file=sys.stderr)
         return 2
-    writer = CdrWriter(connect(args.store))
+    client = connect(args.store)
+    writer = CdrWriter(client)
     dlq = args.dlq.open("wb") if args.dlq else None
 
     def dead_letter(line: int, dead) -> None:
@@ -63,6 +64,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             dead_letter=dead_letter,
         )
     finally:
+        client.close()
         if dlq is not None:
             dlq.close()
     for number, reason in summary.bad_lines[: args.show_bad]:
@@ -93,12 +95,17 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"cdrpipe export: {exc}", file=sys.stderr)
         return 2
     client = connect(args.store)
-    if args.output:
-        with open(args.output, "w", newline="", encoding="utf-8") as out:
-            rows = write_csv(client, flt, out)
-        print(f"{rows} rows written to {args.output}", file=sys.stderr)
-    else:
-        write_csv(client, flt, sys.stdout)
+    try:
+        if args.output:
+            with open(args.output, "w", newline="", encoding="utf-8") as out:
+                rows = write_csv(client, flt, out)
+            print(f"{rows} rows written to {args.output}", file=sys.stderr)
+        else:
+            write_csv(client, flt, sys.stdout)
+    except BrokenPipeError:  # `cdrpipe export ... | head` is fine
+        sys.stderr.close()
+    finally:
+        client.close()
     return 0
 
 

@@ -35,11 +35,22 @@ SETTINGS = Settings(
 def held(kind: str, call_id: str = "c1", at: float = 0.0, **fields) -> Held:
     ts = T0 + timedelta(seconds=at)
     if kind == "start":
-        fields = {"gateway": "fra1", "direction": "outbound", "account": "a",
-                  "source": "1201", "destination": "4420", "trunk": "T", **fields}
+        fields = {
+            "gateway": "fra1",
+            "direction": "outbound",
+            "account": "a",
+            "source": "1201",
+            "destination": "4420",
+            "trunk": "T",
+            **fields,
+        }
     if kind == "end":
-        fields = {"disconnect_code": 200, "disconnect_reason": "Bye",
-                  "disconnect_initiator": "origination", **fields}
+        fields = {
+            "disconnect_code": 200,
+            "disconnect_reason": "Bye",
+            "disconnect_initiator": "origination",
+            **fields,
+        }
     event = Event(kind=kind, id=call_id, ts=ts, **fields)
     raw = orjson.dumps({"event": kind, "id": call_id, "ts": ts.isoformat(), **fields})
     return Held(event, raw, Source("t", 0, 0))

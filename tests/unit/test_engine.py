@@ -31,13 +31,29 @@ def msg(kind: str, call_id: str, at: float, **fields) -> bytes:
     return orjson.dumps({"event": kind, "id": call_id, "ts": ts, **fields})
 
 
-def outbound_call(call_id: str, *, connect_at: float | None = 4.5, end_at: float = 96.2,
-                  code: int = 200) -> list[bytes]:
+def outbound_call(
+    call_id: str, *, connect_at: float | None = 4.5, end_at: float = 96.2, code: int = 200
+) -> list[bytes]:
     events = [
-        msg("start", call_id, 0, gateway="fra1", direction="outbound", account="acc-1002",
-            source="12015550123", destination="447700900123", trunk="Outbound Trunk 2"),
-        msg("end", call_id, end_at, disconnect_code=code, disconnect_reason="Bye",
-            disconnect_initiator="destination"),
+        msg(
+            "start",
+            call_id,
+            0,
+            gateway="fra1",
+            direction="outbound",
+            account="acc-1002",
+            source="12015550123",
+            destination="447700900123",
+            trunk="Outbound Trunk 2",
+        ),
+        msg(
+            "end",
+            call_id,
+            end_at,
+            disconnect_code=code,
+            disconnect_reason="Bye",
+            disconnect_initiator="destination",
+        ),
     ]
     if connect_at is not None:
         events.insert(1, msg("connect", call_id, connect_at))
@@ -101,7 +117,9 @@ def final_cdrs(refdata, raws: list[bytes]) -> dict:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    st.lists(st.integers(0, 7), min_size=8, max_size=20).filter(lambda xs: set(xs) == set(range(8))),
+    st.lists(st.integers(0, 7), min_size=8, max_size=20).filter(
+        lambda xs: set(xs) == set(range(8))
+    ),
     st.randoms(use_true_random=False),
 )
 def test_any_permutation_and_duplication_gives_the_same_cdrs(refdata, picks, rnd: random.Random):
@@ -109,11 +127,26 @@ def test_any_permutation_and_duplication_gives_the_same_cdrs(refdata, picks, rnd
         outbound_call("a")
         + outbound_call("b", connect_at=None, end_at=12, code=486)
         + [
-            msg("start", "c", 0, gateway="ams1", direction="inbound", account="acc-1001",
-                source="4915123456789", did="18005550101", destination="442079460123"),
+            msg(
+                "start",
+                "c",
+                0,
+                gateway="ams1",
+                direction="inbound",
+                account="acc-1001",
+                source="4915123456789",
+                did="18005550101",
+                destination="442079460123",
+            ),
             msg("connect", "c", 2),
-            msg("end", "c", 62.01, disconnect_code=200, disconnect_reason="Bye",
-                disconnect_initiator="origination"),
+            msg(
+                "end",
+                "c",
+                62.01,
+                disconnect_code=200,
+                disconnect_reason="Bye",
+                disconnect_initiator="origination",
+            ),
         ]
     )
     expected = final_cdrs(refdata, calls)

@@ -122,11 +122,17 @@ def test_invalid_events_name_field_and_problem(obj, expected):
         (b'"start"', "not a JSON object"),
         (b"\xff\xfe{}", "not valid JSON"),
         (b'{"event":"connect","id":"a","ts":NaN}', "not valid JSON"),
-        (b'{"event":"end","id":"a","ts":"2026-11-25T10:00:00Z","disconnect_code":1e999,'
-         b'"disconnect_reason":"","disconnect_initiator":"origination"}', "infinity"),
-        (b'{"event":"end","id":"a","ts":"2026-11-25T10:00:00Z","disconnect_code":'
-         + b"9" * 400 + b',"disconnect_reason":"","disconnect_initiator":"origination"}',
-         "not valid JSON"),
+        (
+            b'{"event":"end","id":"a","ts":"2026-11-25T10:00:00Z","disconnect_code":1e999,'
+            b'"disconnect_reason":"","disconnect_initiator":"origination"}',
+            "infinity",
+        ),
+        (
+            b'{"event":"end","id":"a","ts":"2026-11-25T10:00:00Z","disconnect_code":'
+            + b"9" * 400
+            + b',"disconnect_reason":"","disconnect_initiator":"origination"}',
+            "not valid JSON",
+        ),
         (b"[" * 100_000 + b"]" * 100_000, "too large"),
         (b"[" * 5000 + b"]" * 5000, "not valid JSON"),
     ],
@@ -156,7 +162,11 @@ def test_random_bytes_never_crash(raw):
 @given(
     st.dictionaries(
         st.sampled_from(list(START) + list(END) + ["x"]),
-        st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=20),
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**63 - 1)
+        | st.floats()
+        | st.text(max_size=20),
     )
 )
 def test_random_objects_are_accepted_or_rejected_with_reason(obj):
