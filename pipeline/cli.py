@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--idle-after",
         type=float,
-        default=5.0,
-        help="seconds without events before a partition's clock follows wall time",
+        default=config.idle_after(),
+        help="seconds without events before a partition's clock follows wall time "
+        "(default $CDRPIPE_IDLE_AFTER_S or 5)",
     )
     p.add_argument("--web-port", type=int, default=None, help="enable Faust's web on 127.0.0.1")
     p.set_defaults(func=cmd_worker)

@@ -44,3 +44,8 @@ def deadlines() -> Settings:
         orphan_wait=timedelta(seconds=float(env("CDRPIPE_ORPHAN_WAIT_S", "3600"))),
         memory=timedelta(seconds=float(env("CDRPIPE_MEMORY_S", "86400"))),
     )
+
+
+def idle_after() -> float:
+    """Seconds without events before a partition's event time follows the wall clock."""
+    return float(env("CDRPIPE_IDLE_AFTER_S", "5"))

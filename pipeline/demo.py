@@ -79,14 +79,18 @@ class Pipeline:
             raise RuntimeError(f"pipeline processes exited: {dead}; see logs in {self.log_dir}")
 
 
-async def wait_stored(bootstrap: str, *, timeout_s: float, settle_s: float = 3.0) -> dict[str, int]:
-    """Wait until workers consumed every input and the sink stored every CDR record."""
-    return await wait_caught_up(
-        bootstrap,
-        {WORKER_GROUP: INPUT_TOPICS, SINK_GROUP: (TOPIC_CDR,)},
-        timeout_s=timeout_s,
-        settle_s=settle_s,
-    )
+    def wait_stored(self, *, timeout_s: float, settle_s: float = 3.0) -> dict[str, int]:
+        """Wait until workers consumed every input and the sink stored every CDR record;
+        raises as soon as one of the processes dies."""
+        return asyncio.run(
+            wait_caught_up(
+                self.bootstrap,
+                {WORKER_GROUP: INPUT_TOPICS, SINK_GROUP: (TOPIC_CDR,)},
+                timeout_s=timeout_s,
+                settle_s=settle_s,
+                check=self.check_alive,
+            )
+        )
 
 
 def run_demo(
@@ -127,7 +131,7 @@ def run_demo(
         sent = asyncio.run(produce(sim.messages, kafka.bootstrap, rate=rate))
         print(f"    produced {sent['messages']} messages in {sent['elapsed_s']:.1f}s")
         print("4/5 waiting until every CDR is stored...")
-        lags = asyncio.run(wait_stored(kafka.bootstrap, timeout_s=600))
+        lags = pipeline.wait_stored(timeout_s=600)
         elapsed = time.monotonic() - started
         pipeline.check_alive()
     finally:

@@ -7,8 +7,12 @@ events of the same kind, the one with the earliest timestamp (then the
 smallest raw bytes) wins; the other is counted as a duplicate, so the choice
 does not depend on arrival order either.
 
-Deadlines run on a per-partition watermark (the newest event timestamp seen
-on that partition). The streaming workers and the offline replay both route a
+Deadlines run on a per-partition watermark. Kafka delivers the three input
+topics independently, so one topic's partition can run far ahead of another's;
+the watermark of a partition is therefore the *oldest* of the newest
+timestamps seen per event kind (= per topic) on it, undefined until all three
+were seen, and a call is only judged orphaned or timed out once every topic
+has moved past its deadline. The streaming workers and the offline replay both route a
 call to `partition_for(call_id)`, the same function Kafka's default
 partitioner uses, so both see the same watermark sequence per call and reach
 the same decisions whatever the number of workers.
@@ -125,8 +129,24 @@ Action = Emit | DeadLetter | Duplicate
 
 @dataclass(slots=True)
 class _Partition:
-    watermark: datetime | None = None
+    newest: dict[str, datetime] = field(default_factory=dict)  # per event kind (topic)
+    watermark: datetime | None = None  # min(newest.values()), once every kind was seen
     deadlines: list[tuple[datetime, str]] = field(default_factory=list)
+
+    def saw(self, kind: str, ts: datetime) -> None:
+        newest = self.newest
+        old = newest.get(kind)
+        if old is None or ts > old:
+            newest[kind] = ts
+            if len(newest) == 3:
+                self.watermark = min(newest.values())
+
+    def raise_to(self, ts: datetime) -> None:
+        """Every topic has (at least) reached `ts`."""
+        for kind in ("start", "connect", "end"):
+            if kind not in self.newest or self.newest[kind] < ts:
+                self.newest[kind] = ts
+        self.watermark = min(self.newest.values())
 
 
 def merge(state: CallState | None, held: Held) -> tuple[CallState, bool]:
@@ -175,9 +195,8 @@ class Correlator:
             state = self.states.get(call_id)
             if state is not None:
                 part.deadlines.append((state.deadline(self.settings)[0], call_id))
-                ts = state.last_ts()
-                if part.watermark is None or ts > part.watermark:
-                    part.watermark = ts
+                for held in state.held():
+                    part.saw(held.event.kind, held.event.ts)
         heapq.heapify(part.deadlines)
 
     def process(self, held: Held, partition: int) -> list[Action]:
@@ -213,16 +232,14 @@ class Correlator:
                     actions.append(Emit(new))
                 self.states[event.id] = new
                 heapq.heappush(part.deadlines, (new.deadline(self.settings)[0], event.id))
-        if part.watermark is None or event.ts > part.watermark:
-            part.watermark = event.ts
+        part.saw(event.kind, event.ts)
         actions.extend(self._expire(part))
         return actions
 
     def advance(self, partition: int, watermark: datetime) -> list[Action]:
         """Move a partition's event time forward without an event (idle wall-clock tick)."""
         part = self._partitions.setdefault(partition, _Partition())
-        if part.watermark is None or watermark > part.watermark:
-            part.watermark = watermark
+        part.raise_to(watermark)
         return self._expire(part)
 
     def _expire(self, part: _Partition) -> list[Action]:

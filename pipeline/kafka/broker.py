@@ -34,7 +34,9 @@ from pathlib import Path
 from string import Template
 from types import TracebackType
 
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.commit import OffsetFetchRequest
+from aiokafka.protocol.metadata import MetadataRequest
 
 from pipeline.kafka.topics import DEFAULT_PARTITIONS, TopicError, ensure_topics, run_sync
 
@@ -43,6 +45,8 @@ log = logging.getLogger(__name__)
 KAFKA_VERSION = "4.1.1"
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
+NODE_ID = 1  # node.id in server.properties.template
+OFFSETS_TOPIC = "__consumer_offsets"
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_DIR = PROJECT_ROOT / "deploy" / "kafka"
@@ -112,6 +116,22 @@ def new_cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode("ascii").rstrip("=")
         if not text.startswith("-"):
             return text
+
+
+def _probe_groups(partitions: int) -> list[str]:
+    """One group id per __consumer_offsets partition, the broker mapping a group to partition
+    ``abs(javaStringHashCode(group)) % partitions`` (ids are ASCII, so UTF-16 units = ord)."""
+    groups: dict[int, str] = {}
+    i = 0
+    while len(groups) < partitions:
+        group = f"cdrpipe-ready-probe-{i}"
+        h = 0
+        for ch in group:
+            h = (31 * h + ord(ch)) & 0xFFFFFFFF
+        h = h - (1 << 32) if h >= 1 << 31 else h
+        groups.setdefault((0 if h == -(1 << 31) else abs(h)) % partitions, group)
+        i += 1
+    return [groups[p] for p in range(partitions)]
 
 
 def _env_int(name: str, default: int) -> int:
@@ -397,7 +417,7 @@ class LocalKafka:
         return self.status()
 
     def wait_ready(self, timeout: float = 90.0) -> None:
-        """Block until the broker serves metadata with itself registered, or raise."""
+        """Block until the broker serves metadata and committed offsets, or raise."""
         deadline = time.monotonic() + timeout
         last_error = "port not open"
         while time.monotonic() < deadline:
@@ -410,25 +430,50 @@ class LocalKafka:
             # Probe the socket first: aiokafka logs an ERROR for every refused connection.
             if _port_open(HOST, self.port):
                 try:
-                    if run_sync(self._probe()):
-                        return
-                    last_error = "broker not registered yet"
+                    reason = run_sync(self._probe())
                 except Exception as exc:  # any failure here means "not ready yet"
-                    last_error = f"{type(exc).__name__}: {exc}"
+                    reason = f"{type(exc).__name__}: {exc}"
+                if reason is None:
+                    return
+                last_error = reason
             time.sleep(0.25)
         raise KafkaError(
             f"Kafka broker not ready on {self.bootstrap} after {timeout:.0f}s ({last_error}); "
             f"{self.log_file} ends with:\n{_tail(self.log_file)}"
         )
 
-    async def _probe(self) -> bool:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+    async def _probe(self) -> str | None:
+        """None when ready, else why not: our node must be in the metadata and the group
+        coordinator must serve committed offsets.
+
+        The second part matters after a restart: request handling opens before the
+        __consumer_offsets shards are loaded, and meanwhile OffsetFetch returns a top-level
+        NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS with no partitions. aiokafka 0.14
+        ignores that top-level code and reports "no committed offset", so a consumer started
+        then would silently reset to ``auto_offset_reset``. (ListGroups is no signal: it
+        answers OK, with no groups, before the shards are loaded.) So probe one group per
+        __consumer_offsets partition until every shard answers without error.
+        """
+        client = AIOKafkaClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
         try:
-            await admin.start()
-            cluster = await admin.describe_cluster()
-            return any(b["node_id"] == 1 for b in cluster.get("brokers", []))
+            await client.bootstrap()
+            meta = (
+                await client.send(
+                    NODE_ID, MetadataRequest([OFFSETS_TOPIC], allow_auto_topic_creation=False)
+                )
+            ).to_object()
+            if not any(b["node_id"] == NODE_ID for b in meta["brokers"]):
+                return "broker not registered yet"
+            topic = meta["topics"][0]
+            if topic["error_code"] != 0:
+                return None  # no __consumer_offsets yet: nothing to load
+            for group in _probe_groups(len(topic["partitions"])):
+                response = await client.send(NODE_ID, OffsetFetchRequest(group, None))
+                if response.error_code:
+                    return f"group coordinator not loaded (error {response.error_code})"
+            return None
         finally:
-            await admin.close()
+            await client.close()
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop the broker: SIGTERM (controlled shutdown), SIGKILL after ``timeout`` s.

@@ -148,6 +148,7 @@ def create_app(
     partitions = partitions or config.partitions()
     settings = settings or config.deadlines()
     datadir = config.data_dir() / "faust" / name
+    datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         "cdrpipe",
         broker=f"kafka://{bootstrap or config.kafka_bootstrap()}",
@@ -182,13 +183,10 @@ def create_app(
         TOPIC_CDR, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
     dlq = app.topic(TOPIC_DLQ, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    table = app.Table(
-        "calls",
-        default=None,
-        key_serializer="raw",
-        value_serializer="raw",
-        partitions=partitions,
+    raw = faust.Schema(
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
     )
+    table = app.Table("calls", default=None, schema=raw, partitions=partitions)
     runtime = WorkerRuntime(refdata, TableStates(table), settings, partitions, idle_after)
     app.cdrpipe_runtime = runtime  # type: ignore[attr-defined]
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 WORKER_GROUP = "cdrpipe"  # the Faust app id
 SINK_GROUP = "cdrpipe-sink"
@@ -43,6 +45,8 @@ async def group_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
+    except KafkaError:  # no coordinator yet (group not formed): everything is still to do
+        committed = {}
     finally:
         await admin.close()
     lag = 0
@@ -59,12 +63,18 @@ async def wait_caught_up(
     timeout_s: float,
     settle_s: float = 2.0,
     poll_s: float = 0.5,
+    check: Callable[[], None] | None = None,
 ) -> dict[str, int]:
-    """Wait until every group has no lag for `settle_s`; returns the last lags seen."""
+    """Wait until every group has no lag for `settle_s`; returns the last lags seen.
+
+    `check` runs on every poll and may raise to stop waiting (e.g. a process died).
+    """
     deadline = time.monotonic() + timeout_s
     clean_since: float | None = None
     lags: dict[str, int] = {}
     while time.monotonic() < deadline:
+        if check is not None:
+            check()
         lags = {g: await group_lag(bootstrap, g, t) for g, t in groups.items()}
         if all(v == 0 for v in lags.values()):
             clean_since = clean_since or time.monotonic()

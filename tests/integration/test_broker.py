@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -29,6 +30,12 @@ PARTITIONS = 3
 GROUP = "test-broker"
 KEY = b"gw1-call-0001"
 VALUE = b'{"event":"start","id":"gw1-call-0001"}'
+T = TypeVar("T")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run with a deadline, so a stuck client fails the test instead of hanging it."""
+    return asyncio.run(asyncio.wait_for(coro, timeout=30))
 
 
 def _free_ports(count: int) -> list[int]:
@@ -86,7 +93,9 @@ async def _read_back(
 ) -> tuple[bytes | None, int | None]:
     """Record value at ``offset`` (no group) and the group's committed offset."""
     tp = TopicPartition(TOPIC_START, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         committed = await consumer.committed(tp)
@@ -111,8 +120,8 @@ def test_broker_lifecycle(kafka: LocalKafka) -> None:
     with pytest.raises(TopicPartitionMismatch, match="sip.call.start=3"):
         ensure_topics(kafka.bootstrap, partitions=PARTITIONS + 1)
 
-    partition, offset = asyncio.run(_produce(kafka.bootstrap))
-    record = asyncio.run(_consume_in_group(kafka.bootstrap))
+    partition, offset = _run(_produce(kafka.bootstrap))
+    record = _run(_consume_in_group(kafka.bootstrap))
     assert (record.key, record.value) == (KEY, VALUE)
     assert (record.partition, record.offset) == (partition, offset)
 
@@ -125,7 +134,7 @@ def test_broker_lifecycle(kafka: LocalKafka) -> None:
     assert kafka.start().running
     assert (meta.read_text(), meta.stat().st_mtime_ns) == meta_before
     assert ensure_topics(kafka.bootstrap, partitions=PARTITIONS) == counts
-    value, committed = asyncio.run(_read_back(kafka.bootstrap, partition, offset))
+    value, committed = _run(_read_back(kafka.bootstrap, partition, offset))
     assert value == VALUE
     assert committed == offset + 1
 

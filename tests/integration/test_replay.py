@@ -27,18 +27,26 @@ from pipeline.store.queries import CdrFilter, count_cdrs, select_cdrs, totals
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
 CALLS = 50_000
-EEA = set(
-    "AT BE BG HR CY CZ DK EE FI FR DE GR HU IE IT LV LT LU MT NL PL PT RO SK SI ES SE IS LI NO"
-    .split()
-)
+EEA = {
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
+    "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
+}
 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory) -> tuple[Path, dict, list]:
     start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=6)
     cfg = SimConfig(
-        calls=CALLS, seed=2024, config_dir=str(CONFIG), start=start, reorder=0.05,
-        duplicate=0.05, late=0.02, orphan=0.01, never_ending=0.01, malformed=0.01,
+        calls=CALLS,
+        seed=2024,
+        config_dir=str(CONFIG),
+        start=start,
+        reorder=0.05,
+        duplicate=0.05,
+        late=0.02,
+        orphan=0.01,
+        never_ending=0.01,
+        malformed=0.01,
     )
     sim = generate(cfg)
     path = tmp_path_factory.mktemp("events") / "events.jsonl"
@@ -89,8 +97,11 @@ def test_replay_counts_totals_rows_and_idempotency(simulated, replayed, capsys, 
         assert out_t.timed_out + in_t.timed_out == int(first["timed out"]) > 0
         assert out_t.timed_out + in_t.timed_out <= never_ending
         assert out_t.unrated + in_t.unrated == int(first["unrated"]) > 0
-        by_id = {c.id: c for d in ("outbound", "inbound")
-                 for c in select_cdrs(client, CdrFilter(direction=d, **wide))}
+        by_id = {
+            c.id: c
+            for d in ("outbound", "inbound")
+            for c in select_cdrs(client, CdrFilter(direction=d, **wide))
+        }
         assert len(by_id) == stored
         check_sample(by_id, messages)
         charged_before = out_t.charged
@@ -187,14 +198,23 @@ def check_sample(by_id: dict, messages: list) -> None:
         assert cdr.duration == d, call_id
         code = end["disconnect_code"]
         status = (
-            "answered" if connect else "busy" if code in (486, 600) else "no-answer"
-            if code in (408, 480) else "cancelled"
-            if code == 487 and end["disconnect_initiator"] == "origination" else "failed"
+            "answered"
+            if connect
+            else "busy"
+            if code in (486, 600)
+            else "no-answer"
+            if code in (408, 480)
+            else "cancelled"
+            if code == 487 and end["disconnect_initiator"] == "origination"
+            else "failed"
         )
         assert cdr.status == status
         assert (cdr.disconnect_code, cdr.disconnect_reason) == (code, end["disconnect_reason"])
         assert (cdr.account, cdr.gateway, cdr.source) == (
-            start["account"], start["gateway"], start["source"])
+            start["account"],
+            start["gateway"],
+            start["source"],
+        )
         if start["direction"] == "outbound":
             trunk = trunks.get(start["trunk"])
             cli = (trunk["replace_cli"] or start["source"]) if trunk else start["source"]
@@ -202,8 +222,11 @@ def check_sample(by_id: dict, messages: list) -> None:
             origin = (trunk["origin_country"] if trunk else "") or region(cli)
             kind = cdr_type(origin, region(start["destination"]))
             assert cdr.cdr_type == kind
-            row = pick_rate(trunk["deck"], start["destination"], kind, cdr.start_time) \
-                if trunk else None
+            row = (
+                pick_rate(trunk["deck"], start["destination"], kind, cdr.start_time)
+                if trunk
+                else None
+            )
             if row is None:
                 assert not cdr.rated and cdr.charged is None and cdr.rate is None
                 continue
@@ -212,20 +235,24 @@ def check_sample(by_id: dict, messages: list) -> None:
             first = Decimal(row["initial_rate"] or row["rate"])
             assert cdr.rated and cdr.rate == rate
             assert cdr.billing_duration == billed(d, i, r)
-            assert cdr.charged == money(Decimal(row["connection_fee"] or 0), first, rate, i,
-                                        billed(d, i, r), d), call_id
+            assert cdr.charged == money(
+                Decimal(row["connection_fee"] or 0), first, rate, i, billed(d, i, r), d
+            ), call_id
             assert (cdr.country_name, cdr.network_name) == (row["country"], row["network"])
         else:
             did = dids[start["did"]]
             i = int(did["initial_increment"] or 1)
             r = int(did["recurring_increment"] or 1)
             b = billed(d, i, r)
-            for rate_col, field in (("toll_free_rate", "toll_free_amount"),
-                                    ("metered_rate", "metered_amount")):
+            for rate_col, field in (
+                ("toll_free_rate", "toll_free_amount"),
+                ("metered_rate", "metered_amount"),
+            ):
                 rate = did[rate_col]
                 got = getattr(cdr, field)
-                assert got == (money(Decimal(0), Decimal(rate), Decimal(rate), i, b, d)
-                               if rate else None), (call_id, field)
+                assert got == (
+                    money(Decimal(0), Decimal(rate), Decimal(rate), i, b, d) if rate else None
+                ), (call_id, field)
             assert cdr.did == start["did"]
         checked += 1
     assert checked >= 200

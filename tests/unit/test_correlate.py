@@ -70,6 +70,14 @@ def final(actions: list) -> CallState:
     return emits[-1]
 
 
+def move_to(correlator: Correlator, at: float) -> list:
+    """Event time reaches `at` on every topic: another whole call happens then."""
+    other = f"other-{at}"
+    return run(
+        [held("start", other, at), held("connect", other, at), held("end", other, at)], correlator
+    )[1]
+
+
 def key(state: CallState) -> tuple:
     return (state.start, state.connect, state.end, state.timed_out_at)
 
@@ -110,9 +118,9 @@ def test_conflicting_events_of_one_kind_resolve_to_the_earliest_in_any_order():
 def test_start_without_end_times_out_at_max_duration_then_real_end_corrects():
     correlator, actions = run([held("start", at=0), held("connect", at=3)])
     assert not actions
-    # another call on the partition moves event time past the 4 h deadline
-    _, actions = run([held("start", "c2", at=4 * 3600)], correlator)
-    closed = final(actions)
+    # other calls on the partition move event time past the 4 h deadline
+    actions = move_to(correlator, 4 * 3600)
+    closed = next(a.state for a in actions if isinstance(a, Emit) and a.state.id == "c1")
     assert closed.id == "c1" and closed.timed_out_at == T0 + timedelta(hours=4)
     assert closed.end is None and closed.revision == 1
     _, actions = run([held("end", at=5 * 3600)], correlator)
@@ -124,10 +132,8 @@ def test_start_without_end_times_out_at_max_duration_then_real_end_corrects():
 def test_end_without_start_is_dead_lettered_as_orphan_after_the_wait():
     correlator, actions = run([held("connect", "o1", at=0), held("end", "o1", at=10)])
     assert not actions
-    _, actions = run([held("start", "c2", at=3599)], correlator)
-    assert not any(isinstance(a, DeadLetter) for a in actions)
-    _, actions = run([held("start", "c3", at=3600)], correlator)
-    dead = [a for a in actions if isinstance(a, DeadLetter)]
+    assert not any(isinstance(a, DeadLetter) for a in move_to(correlator, 3599))
+    dead = [a for a in move_to(correlator, 3600) if isinstance(a, DeadLetter)]
     assert [d.kind for d in dead] == ["orphan", "orphan"]
     assert "o1" in dead[0].reason and "orphan" in dead[0].reason
     assert "o1" not in correlator.states
@@ -140,7 +146,7 @@ def test_late_start_within_orphan_wait_completes_the_call():
 
 def test_completed_calls_are_forgotten_after_memory_and_later_events_are_late():
     correlator, _ = run(CALL)
-    _, actions = run([held("start", "c2", at=65 + 24 * 3600)], correlator)
+    move_to(correlator, 65 + 24 * 3600)
     assert "c1" not in correlator.states
     _, actions = run([held("end", at=65)], correlator)
     assert [a.kind for a in actions if isinstance(a, DeadLetter)] == ["late"]
@@ -148,9 +154,26 @@ def test_completed_calls_are_forgotten_after_memory_and_later_events_are_late():
 
 def test_events_within_memory_are_duplicates_not_new_calls():
     correlator, _ = run(CALL)
-    _, actions = run([held("start", "c2", at=23 * 3600)], correlator)
+    move_to(correlator, 23 * 3600)
     _, actions = run([CALL[2]], correlator)
     assert actions == [Duplicate("c1")]
+
+
+def test_a_topic_running_ahead_does_not_orphan_calls_whose_start_is_behind():
+    """Kafka delivers topics independently: ends may arrive hours ahead of their starts."""
+    correlator = Correlator({}, SETTINGS)
+    actions = []
+    for n in range(5):  # the end topic runs 5 h ahead of the start topic
+        actions += correlator.process(held("end", f"e{n}", at=n * 3600), 0)
+    assert correlator.watermark(0) is None  # not every topic seen yet: no event time
+    actions += correlator.process(held("start", "x", at=0), 0)
+    actions += correlator.process(held("connect", "x", at=0), 0)
+    assert correlator.watermark(0) == T0  # the start topic has not moved: event time neither
+    assert not any(isinstance(a, DeadLetter) for a in actions)
+    for n in range(5):
+        actions += correlator.process(held("start", f"e{n}", at=n * 3600 - 60), 0)
+    assert sum(isinstance(a, Emit) for a in actions) == 5
+    assert not any(isinstance(a, DeadLetter) for a in actions)
 
 
 def test_advance_moves_event_time_without_events():
@@ -164,7 +187,7 @@ def test_advance_moves_event_time_without_events():
 def test_partitions_keep_their_own_event_time():
     correlator = Correlator({}, SETTINGS)
     correlator.process(held("start", "p0", at=0), 0)
-    actions = correlator.process(held("start", "p1", at=5 * 3600), 1)
+    actions = correlator.advance(1, T0 + timedelta(hours=5))
     assert not actions  # partition 1's clock does not close partition 0's call
     actions = correlator.advance(0, T0 + timedelta(hours=4))
     assert final(actions).id == "p0"
@@ -174,7 +197,7 @@ def test_rebuild_restores_deadlines_from_states():
     correlator, _ = run([held("start", at=0)])
     recovered = Correlator(dict(correlator.states), SETTINGS)
     recovered.rebuild(0)
-    assert recovered.watermark(0) == T0
+    assert recovered.watermark(0) is None  # only the start topic was seen
     assert final(recovered.advance(0, T0 + timedelta(hours=4))).id == "c1"
 
 

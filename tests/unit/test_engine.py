@@ -100,8 +100,10 @@ def test_calls_are_routed_like_kafka_partitions(refdata):
     engine = Engine(refdata, partitions=8)
     engine.feed(outbound_call("route-me")[0], Source("f", 0, 1))
     part = partition_for("route-me", 8)
-    assert engine.correlator.watermark(part) == T0
-    assert all(engine.correlator.watermark(p) is None for p in range(8) if p != part)
+    later = T0 + timedelta(hours=5)
+    assert all(not engine.advance(p, later).cdrs for p in range(8) if p != part)
+    closed = engine.advance(part, later).cdrs
+    assert [(c.id, c.timed_out) for c in closed] == [("route-me", True)]
 
 
 def final_cdrs(refdata, raws: list[bytes]) -> dict:

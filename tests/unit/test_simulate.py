@@ -41,10 +41,19 @@ START = datetime(2026, 11, 1, 6, 0, tzinfo=UTC)
 TOPIC = {"start": "sip.call.start", "connect": "sip.call.connect", "end": "sip.call.end"}
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$")
 DIGITS = re.compile(r"^\d{6,15}$")
-START_FIELDS = {"event", "id", "ts", "gateway", "direction", "account", "source",
-                "destination", "did", "trunk"}
-END_FIELDS = {"event", "id", "ts", "disconnect_code", "disconnect_reason",
-              "disconnect_initiator"}
+START_FIELDS = {
+    "event",
+    "id",
+    "ts",
+    "gateway",
+    "direction",
+    "account",
+    "source",
+    "destination",
+    "did",
+    "trunk",
+}
+END_FIELDS = {"event", "id", "ts", "disconnect_code", "disconnect_reason", "disconnect_initiator"}
 RANK = {"start": 0, "connect": 1, "end": 2}
 
 
@@ -154,14 +163,14 @@ def recount(messages: list[SimMessage]) -> dict[str, int]:
             continue
         out["calls_with_start_and_end"] += 1
         end = events["end"]
-        out[status("connect" in events, end["disconnect_code"],
-                   end["disconnect_initiator"])] += 1
+        out[status("connect" in events, end["disconnect_code"], end["disconnect_initiator"])] += 1
     out["reordered_calls"] = sum(1 for seq in order.values() if seq != sorted(seq))
     return dict(out)
 
 
-MIXED = dict(reorder=0.05, duplicate=0.05, late=0.05, orphan=0.04, never_ending=0.03,
-             malformed=0.03)
+MIXED = dict(
+    reorder=0.05, duplicate=0.05, late=0.05, orphan=0.04, never_ending=0.03, malformed=0.03
+)
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +209,14 @@ def test_valid_messages_have_spec_fields_topic_and_key(mixed: simulate.Simulatio
             if obj["direction"] == "outbound":
                 assert "did" not in obj
             else:
-                assert obj["did"] in {"18005550100", "18005550101", "12015550123",
-                                      "442079460123", "493012345678", "33142685300"}
+                assert obj["did"] in {
+                    "18005550100",
+                    "18005550101",
+                    "12015550123",
+                    "442079460123",
+                    "493012345678",
+                    "33142685300",
+                }
         elif obj["event"] == "end":
             assert set(obj) == END_FIELDS
         else:
@@ -211,10 +226,24 @@ def test_valid_messages_have_spec_fields_topic_and_key(mixed: simulate.Simulatio
 def test_expected_matches_what_is_in_the_messages(mixed: simulate.Simulation) -> None:
     exp = mixed.expected
     got = recount(mixed.messages)
-    for name in ("calls", "calls_with_start_and_end", "never_ending", "orphan_calls",
-                 "orphan_messages", "malformed_messages", "duplicate_messages",
-                 "reordered_calls", "inbound", "outbound", "messages", "answered", "busy",
-                 "no_answer", "cancelled", "failed"):
+    for name in (
+        "calls",
+        "calls_with_start_and_end",
+        "never_ending",
+        "orphan_calls",
+        "orphan_messages",
+        "malformed_messages",
+        "duplicate_messages",
+        "reordered_calls",
+        "inbound",
+        "outbound",
+        "messages",
+        "answered",
+        "busy",
+        "no_answer",
+        "cancelled",
+        "failed",
+    ):
         assert got.get(name, 0) == exp[name], name
     n = 3000
     assert exp["calls"] == n
@@ -299,14 +328,20 @@ def test_every_malformed_kind_is_invalid_in_its_own_way() -> None:
             if kind == "ts_number":
                 assert isinstance(obj["ts"], float)
             elif kind == "missing_field":
-                required = (START_FIELDS - {"did", "trunk", "source", "destination"}
-                            if obj.get("event") == "start" else END_FIELDS)
+                required = (
+                    START_FIELDS - {"did", "trunk", "source", "destination"}
+                    if obj.get("event") == "start"
+                    else END_FIELDS
+                )
                 if obj.get("event") == "start" and obj.get("direction") == "outbound":
                     required = required | {"trunk"}
                 assert not required <= set(obj), obj
             elif kind == "invalid_enum":
-                assert (obj["event"] not in RANK or obj.get("direction") == "sideways"
-                        or obj.get("disconnect_initiator") == "both")
+                assert (
+                    obj["event"] not in RANK
+                    or obj.get("direction") == "sideways"
+                    or obj.get("disconnect_initiator") == "both"
+                )
             elif kind == "code_99":
                 assert obj["disconnect_code"] == 99
             elif kind == "id_too_long":
@@ -324,8 +359,7 @@ def test_default_mixes_look_like_real_traffic(clean: simulate.Simulation) -> Non
     assert exp["messages"] == len(clean.messages)
     assert 0.67 < exp["outbound"] / n < 0.73
     assert 0.52 < exp["answered"] / n < 0.58
-    for name, share in (("busy", 0.10), ("no_answer", 0.10), ("cancelled", 0.10),
-                        ("failed", 0.15)):
+    for name, share in (("busy", 0.10), ("no_answer", 0.10), ("cancelled", 0.10), ("failed", 0.15)):
         assert abs(exp[name] / n - share) < 0.02, name
     starts, connects, ends = {}, {}, {}
     forms: Counter[str] = Counter()
@@ -339,10 +373,12 @@ def test_default_mixes_look_like_real_traffic(clean: simulate.Simulation) -> Non
     total = len(clean.messages)
     assert forms["Z"] > total / 2 and forms["+00:00"] > total / 5 and forms["other"] > total / 20
     assert forms["frac3"] > total / 2 and forms["frac6"] > total / 10 and forms["frac0"] > 0
-    durations = [(instant(ends[i]["ts"]) - instant(c["ts"])).total_seconds()
-                 for i, c in connects.items()]
-    rings = [(instant(c["ts"]) - instant(starts[i]["ts"])).total_seconds()
-             for i, c in connects.items()]
+    durations = [
+        (instant(ends[i]["ts"]) - instant(c["ts"])).total_seconds() for i, c in connects.items()
+    ]
+    rings = [
+        (instant(c["ts"]) - instant(starts[i]["ts"])).total_seconds() for i, c in connects.items()
+    ]
     assert 75 < statistics.median(durations) < 110
     assert min(durations) >= 0 and max(durations) <= 7200
     assert min(rings) >= 0 and max(rings) <= 30
@@ -351,22 +387,37 @@ def test_default_mixes_look_like_real_traffic(clean: simulate.Simulation) -> Non
     trunks = Counter(s["trunk"] for s in outbound)
     assert set(trunks) >= {f"Outbound Trunk {k}" for k in (1, 2, 3, 4)}
     assert 0 < sum(trunks[t] for t in ("Outbound Trunk 99", "legacy-trunk-x")) < 0.02 * n
-    assert exp["unknown_trunk"] == sum(trunks[t] for t in ("Outbound Trunk 99",
-                                                         "legacy-trunk-x"))
-    account_of = {"Outbound Trunk 1": "acc-1001", "Outbound Trunk 2": "acc-1002",
-                  "Outbound Trunk 3": "acc-1003", "Outbound Trunk 4": "acc-1004"}
+    assert exp["unknown_trunk"] == sum(trunks[t] for t in ("Outbound Trunk 99", "legacy-trunk-x"))
+    account_of = {
+        "Outbound Trunk 1": "acc-1001",
+        "Outbound Trunk 2": "acc-1002",
+        "Outbound Trunk 3": "acc-1003",
+        "Outbound Trunk 4": "acc-1004",
+    }
     assert all(account_of.get(s["trunk"], s["account"]) == s["account"] for s in outbound)
     dest = Counter(s["destination"][:2] for s in outbound)
     assert {"12", "14", "44", "49", "33", "81", "61"} <= set(dest)
     assert sum(1 for s in starts.values() if s["source"] == "") > 0.05 * n
-    kinds = Counter("sip" if s["destination"].startswith("sip:") else
-                    "tel" if s["destination"].startswith("tel:+") else "pstn" for s in inbound)
+    kinds = Counter(
+        "sip"
+        if s["destination"].startswith("sip:")
+        else "tel"
+        if s["destination"].startswith("tel:+")
+        else "pstn"
+        for s in inbound
+    )
     assert all(kinds[k] > 0.03 * len(inbound) for k in ("sip", "tel", "pstn"))
     assert 0.3 < sum("trunk" in s for s in inbound) / len(inbound) < 0.7
     codes = Counter((e["disconnect_code"], e["disconnect_reason"]) for e in ends.values())
-    assert {(200, "Bye"), (486, "Busy Here"), (600, "Busy Everywhere"),
-            (408, "Request Timeout"), (480, "Temporarily Unavailable"),
-            (487, "Request Terminated"), (503, "Service Unavailable")} <= set(codes)
+    assert {
+        (200, "Bye"),
+        (486, "Busy Here"),
+        (600, "Busy Everywhere"),
+        (408, "Request Timeout"),
+        (480, "Temporarily Unavailable"),
+        (487, "Request Terminated"),
+        (503, "Service Unavailable"),
+    } <= set(codes)
 
 
 def test_ids_are_unique_per_call_and_tag_is_configurable() -> None:
@@ -385,9 +436,16 @@ def test_ids_are_unique_per_call_and_tag_is_configurable() -> None:
 def test_expected_is_ground_truth_for_any_mix(calls: int, seed: int, fr: list[float]) -> None:
     reorder, duplicate, late, orphan, never_ending, malformed = fr
     try:
-        config = cfg(calls=calls, seed=seed, reorder=reorder, duplicate=duplicate,
-                     late=late, orphan=orphan, never_ending=never_ending,
-                     malformed=malformed)
+        config = cfg(
+            calls=calls,
+            seed=seed,
+            reorder=reorder,
+            duplicate=duplicate,
+            late=late,
+            orphan=orphan,
+            never_ending=never_ending,
+            malformed=malformed,
+        )
     except ValueError:  # rounding made the perturbations outnumber the complete calls
         assume(False)
     sim = generate(config)
@@ -470,8 +528,9 @@ class FakeProducer:
         self.log += [(topic, partition, k, v) for k, v in batch.records]
         return self._ack()
 
-    async def send(self, topic: str, value: bytes, key: bytes,
-                   partition: int | None = None) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, partition: int | None = None
+    ) -> asyncio.Future[None]:
         self.log.append((topic, partition, key, value))
         return self._ack()
 
@@ -504,8 +563,9 @@ def test_produce_batches_by_key_partition_in_order_and_waits_for_acks(
         assert partition == (murmur2(key) & 0x7FFFFFFF) % 3
         per_tp.setdefault((topic, partition), []).append(value)
     for tp, values in per_tp.items():  # each partition keeps the emission order
-        assert values == [m.value for m in msgs
-                          if (m.topic, (murmur2(m.key) & 0x7FFFFFFF) % 3) == tp]
+        assert values == [
+            m.value for m in msgs if (m.topic, (murmur2(m.key) & 0x7FFFFFFF) % 3) == tp
+        ]
 
 
 def test_produce_paces_at_rate(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -520,8 +580,22 @@ def test_produce_paces_at_rate(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_main_writes_jsonl_and_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ev.jsonl"
-    argv = ["--calls", "60", "--seed", "4", "--config", str(CONFIG), "-o", str(out),
-            "--start", "2026-11-01T06:00:00Z", "--malformed", "0.1", "--duplicate", "0.1"]
+    argv = [
+        "--calls",
+        "60",
+        "--seed",
+        "4",
+        "--config",
+        str(CONFIG),
+        "-o",
+        str(out),
+        "--start",
+        "2026-11-01T06:00:00Z",
+        "--malformed",
+        "0.1",
+        "--duplicate",
+        "0.1",
+    ]
     assert main(argv) == 0
     sim = generate(cfg(calls=60, seed=4, malformed=0.1, duplicate=0.1))
     assert out.read_bytes() == b"".join(m.value + b"\n" for m in sim.messages)
@@ -536,8 +610,19 @@ def test_build_parser_can_extend_a_subcommand() -> None:
     top = argparse.ArgumentParser(prog="cdrpipe")
     sub = top.add_subparsers(dest="cmd")
     build_parser(sub.add_parser("simulate"))
-    args = top.parse_args(["simulate", "--calls", "3", "--start", "2026-11-01T00:00:00",
-                           "--outcomes", "answered=1,failed=1", "-o", "-"])
+    args = top.parse_args(
+        [
+            "simulate",
+            "--calls",
+            "3",
+            "--start",
+            "2026-11-01T00:00:00",
+            "--outcomes",
+            "answered=1,failed=1",
+            "-o",
+            "-",
+        ]
+    )
     config = simulate.config_from_args(args)
     assert config.calls == 3 and config.start.tzinfo is UTC
     assert config.outcome_mix == (("answered", 1.0), ("failed", 1.0))

@@ -1,0 +1,222 @@
+"""Streaming end to end on the real broker: simulator -> Kafka -> Faust worker(s) -> sink -> chDB.
+
+The reference is `cdrpipe replay` of the simulator's own JSON Lines file: the
+streamed store must hold exactly the same CDRs, field for field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from pipeline.core.correlate import Settings
+from pipeline.core.refdata import RefDataHolder
+from pipeline.demo import Pipeline
+from pipeline.kafka.topics import TOPIC_DLQ
+from pipeline.replay import replay_file
+from pipeline.simulate import SimConfig, generate, produce, write_jsonl
+from pipeline.store.client import connect
+from pipeline.store.writer import CdrWriter
+
+from .conftest import PARTITIONS, dump_store
+
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
+
+
+def run_stream(broker, tmp_path: Path, sim, *, workers: int = 1, env: dict | None = None) -> str:
+    store = f"chdb://{tmp_path / 'stream-store'}"
+    env = {"CDRPIPE_DATA": str(tmp_path / "data"), "CDRPIPE_CONFIG": str(CONFIG), **(env or {})}
+    pipeline = Pipeline(broker.bootstrap, store, tmp_path / "logs", workers, env)
+    pipeline.start()
+    try:
+        asyncio.run(produce(sim.messages, broker.bootstrap))
+        lags = pipeline.wait_stored(timeout_s=300, settle_s=4)
+        pipeline.check_alive()
+    finally:
+        pipeline.stop()
+    assert all(v == 0 for v in lags.values()), lags
+    return store
+
+
+def run_replay(tmp_path: Path, sim, settings: Settings | None = None) -> tuple[str, object]:
+    path = tmp_path / "events.jsonl"
+    write_jsonl(sim.messages, path)
+    store = f"chdb://{tmp_path / 'replay-store'}"
+    client = connect(store)
+    try:
+        summary = replay_file(
+            path,
+            RefDataHolder(CONFIG),
+            CdrWriter(client).write,
+            settings=settings,
+            partitions=PARTITIONS,
+        )
+    finally:
+        client.close()
+    return store, summary
+
+
+def comparable(cdrs: dict) -> dict:
+    """CDRs without the revision counter (how many versions it took is not the record)."""
+    return {k: dataclasses.replace(v, revision=0) for k, v in cdrs.items()}
+
+
+def assert_same_cdrs(stream: dict, replay: dict) -> None:
+    assert stream.keys() == replay.keys(), (
+        f"only streamed: {sorted(stream.keys() - replay.keys())[:5]}, "
+        f"only replayed: {sorted(replay.keys() - stream.keys())[:5]}"
+    )
+    a, b = comparable(stream), comparable(replay)
+    diff = [k for k in a if a[k] != b[k]]
+    assert not diff, f"{len(diff)} CDRs differ, e.g. {a[diff[0]]} != {b[diff[0]]}"
+
+
+def recent_start() -> datetime:
+    return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
+
+
+@pytest.fixture(scope="module")
+def reordered_sim():
+    cfg = SimConfig(
+        calls=20_000,
+        seed=31,
+        config_dir=str(CONFIG),
+        start=recent_start(),
+        reorder=0.05,
+        duplicate=0.05,
+        late=0.02,
+    )
+    return generate(cfg)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stream_gives_exactly_the_replay_cdrs(broker, tmp_path, reordered_sim, workers):
+    """(a) 20,000 calls with reordering, duplicates and late events; (d) two workers too."""
+    stream_store = run_stream(broker, tmp_path, reordered_sim, workers=workers)
+    replay_store, summary = run_replay(tmp_path, reordered_sim)
+    stream, replay = dump_store(stream_store), dump_store(replay_store)
+    assert len(replay) == reordered_sim.expected["calls_with_start_and_end"] == 20_000
+    assert summary.duplicates == reordered_sim.expected["duplicate_messages"]
+    assert_same_cdrs(stream, replay)
+
+
+def read_dlq(bootstrap: str) -> list:
+    async def consume() -> list:
+        consumer = AIOKafkaConsumer(
+            TOPIC_DLQ,
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+        )
+        await consumer.start()
+        try:
+            out = []
+            while True:
+                batch = await consumer.getmany(timeout_ms=2000)
+                if not batch:
+                    return out
+                for records in batch.values():
+                    out.extend(records)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(consume())
+
+
+def test_bad_messages_go_to_dlq_and_deadlines_close_calls(broker, tmp_path):
+    """(b) malformed messages -> DLQ with reasons, nothing else affected; (c) timeouts, orphans."""
+    cfg = SimConfig(
+        calls=6000,
+        seed=32,
+        config_dir=str(CONFIG),
+        start=recent_start(),
+        call_rate=5.0,
+        reorder=0.02,
+        duplicate=0.02,
+        malformed=0.02,
+        never_ending=0.02,
+        orphan=0.02,
+    )
+    sim = generate(cfg)
+    deadlines = {
+        "CDRPIPE_MAX_CALL_S": "300",
+        "CDRPIPE_ORPHAN_WAIT_S": "60",
+        "CDRPIPE_IDLE_AFTER_S": "100000",
+    }  # event time only: exactly like replay
+    stream_store = run_stream(broker, tmp_path, sim, env=deadlines)
+    settings = Settings(max_call_duration=timedelta(seconds=300), orphan_wait=timedelta(seconds=60))
+    replay_store, summary = run_replay(tmp_path, sim, settings)
+    stream, replay = dump_store(stream_store), dump_store(replay_store)
+    assert_same_cdrs(stream, replay)
+
+    exp = sim.expected
+    timed_out = [c for c in stream.values() if c.timed_out]
+    assert 0 < len(timed_out) <= exp["never_ending"]
+    assert len(timed_out) >= exp["never_ending"] * 0.8  # all but those near the end of the span
+    assert all(c.end_time - c.start_time == timedelta(seconds=300) for c in timed_out)
+
+    dead = read_dlq(broker.bootstrap)
+    headers = [dict(m.headers) for m in dead]
+    kinds = [h["dlq.kind"].decode() for h in headers]
+    malformed = {m.value for m in sim.messages if m.tag.startswith("malformed")}
+    invalid = [m for m, k in zip(dead, kinds, strict=True) if k == "invalid"]
+    assert len(invalid) == exp["malformed_messages"] == len(malformed)
+    assert {m.value for m in invalid} == malformed  # original bytes, untouched
+    for h in headers:
+        assert h["dlq.reason"] and h["dlq.topic"].decode().startswith("sip.call.")
+        assert int(h["dlq.offset"]) >= 0
+    orphans = kinds.count("orphan")
+    assert orphans == summary.dlq_by_kind.get("orphan", 0)
+    assert exp["orphan_messages"] * 0.8 <= orphans <= exp["orphan_messages"]
+    assert len(dead) == orphans + len(invalid)
+
+
+def test_idle_partitions_follow_the_wall_clock(broker, tmp_path):
+    """With no more events, wall-clock time closes never-ending calls and orphans."""
+    cfg = SimConfig(
+        calls=300,
+        seed=33,
+        config_dir=str(CONFIG),
+        start=recent_start(),
+        call_rate=100.0,
+        never_ending=0.1,
+        orphan=0.1,
+    )
+    sim = generate(cfg)
+    env = {
+        "CDRPIPE_MAX_CALL_S": "20",
+        "CDRPIPE_ORPHAN_WAIT_S": "10",
+        "CDRPIPE_IDLE_AFTER_S": "1",
+        "CDRPIPE_MEMORY_S": "3600",
+    }
+    store = f"chdb://{tmp_path / 'idle-store'}"
+    pipeline = Pipeline(
+        broker.bootstrap,
+        store,
+        tmp_path / "logs",
+        1,
+        {"CDRPIPE_DATA": str(tmp_path / "data"), **env},
+    )
+    pipeline.start()
+    try:
+        asyncio.run(produce(sim.messages, broker.bootstrap))
+        # The burst spans ~3 s of event time; the wall clock has to supply the other ~20 s.
+        give_up = time.monotonic() + 120
+        while len(read_dlq(broker.bootstrap)) < sim.expected["orphan_messages"]:
+            assert time.monotonic() < give_up, "orphans were not dead-lettered"
+        time.sleep(15)
+        lags = pipeline.wait_stored(timeout_s=120)
+        pipeline.check_alive()
+    finally:
+        pipeline.stop()
+    assert all(v == 0 for v in lags.values())
+    stored = dump_store(store)
+    assert sum(c.timed_out for c in stored.values()) == sim.expected["never_ending"]
+    assert len(stored) == sim.expected["inbound"] + sim.expected["outbound"]
+    assert len(read_dlq(broker.bootstrap)) == sim.expected["orphan_messages"]
