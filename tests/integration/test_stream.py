@@ -157,23 +157,23 @@ def test_bad_messages_go_to_dlq_and_deadlines_close_calls(broker, tmp_path):
 
     exp = sim.expected
     timed_out = [c for c in stream.values() if c.timed_out]
-    assert 0 < len(timed_out) <= exp["never_ending"]
-    assert len(timed_out) >= exp["never_ending"] * 0.8  # all but those near the end of the span
+    # never-ending calls whose deadline event time reached are closed, the same ones as offline
+    assert exp["never_ending"] // 2 < len(timed_out) == summary.timed_out <= exp["never_ending"]
     assert all(c.end_time - c.start_time == timedelta(seconds=300) for c in timed_out)
 
     dead = read_dlq(broker.bootstrap)
     headers = [dict(m.headers) for m in dead]
     kinds = [h["dlq.kind"].decode() for h in headers]
-    malformed = {m.value for m in sim.messages if m.tag.startswith("malformed")}
+    malformed = sorted(m.value for m in sim.messages if m.tag.startswith("malformed"))
     invalid = [m for m, k in zip(dead, kinds, strict=True) if k == "invalid"]
     assert len(invalid) == exp["malformed_messages"] == len(malformed)
-    assert {m.value for m in invalid} == malformed  # original bytes, untouched
+    assert sorted(m.value for m in invalid) == malformed  # original bytes, untouched
     for h in headers:
         assert h["dlq.reason"] and h["dlq.topic"].decode().startswith("sip.call.")
         assert int(h["dlq.offset"]) >= 0
     orphans = kinds.count("orphan")
     assert orphans == summary.dlq_by_kind.get("orphan", 0)
-    assert exp["orphan_messages"] * 0.8 <= orphans <= exp["orphan_messages"]
+    assert exp["orphan_messages"] // 2 < orphans <= exp["orphan_messages"]
     assert len(dead) == orphans + len(invalid)
 
 
