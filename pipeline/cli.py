@@ -138,16 +138,20 @@ def cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_kafka(args: argparse.Namespace) -> int:
-    from pipeline.kafka.broker import main as kafka_main
+def cmd_topics(args: argparse.Namespace) -> int:
+    from aiokafka.errors import KafkaError
 
-    return kafka_main(args.rest)
+    from pipeline.kafka.topics import TopicError, ensure_topics
 
-
-def cmd_simulate(args: argparse.Namespace) -> int:
-    from pipeline.simulate import main as simulate_main
-
-    return int(simulate_main(args.rest) or 0)
+    bootstrap = args.bootstrap or config.kafka_bootstrap()
+    try:
+        counts = ensure_topics(bootstrap, args.partitions)
+    except (TopicError, KafkaError, OSError, ValueError) as exc:
+        print(f"cdrpipe topics: {bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    for topic, count in counts.items():
+        print(f"{topic}\t{count} partitions")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -216,17 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.set_defaults(func=cmd_sink)
 
-    p = sub.add_parser(
+    # `cdrpipe kafka ...` is handed to the broker's own parser by main() before parsing.
+    sub.add_parser(
         "kafka", help="local Kafka broker: install|start|stop|restart|status|topics", add_help=False
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_kafka)
 
-    p = sub.add_parser(
-        "simulate", help="gateway traffic simulator (JSON Lines and/or Kafka)", add_help=False
-    )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_simulate)
+    from pipeline.simulate import build_parser as simulate_parser
+    from pipeline.simulate import run as simulate_run
+
+    p = sub.add_parser("simulate", help="gateway traffic simulator (JSON Lines and/or Kafka)")
+    simulate_parser(p)
+    p.set_defaults(func=simulate_run)
+
+    p = sub.add_parser("topics", help="create the pipeline topics on a broker (idempotent)")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
+    p.add_argument("--partitions", type=int, default=config.partitions())
+    p.set_defaults(func=cmd_topics)
+
+    from pipeline.rerate import add_rerate_parser
+
+    add_rerate_parser(sub)
 
     p = sub.add_parser("demo", help="broker + workers + sink + simulated traffic, then export")
     p.add_argument("--calls", type=int, default=20_000)
@@ -239,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["kafka"]:
+        from pipeline.kafka.broker import main as kafka_main
+
+        return kafka_main(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

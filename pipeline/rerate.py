@@ -28,7 +28,6 @@ import sys
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -45,6 +44,7 @@ __all__ = [
     "add_rerate_parser",
     "cmd_rerate",
     "events_of",
+    "money",
     "rerate",
     "rerated",
 ]
@@ -265,7 +265,9 @@ def rerate(
 # --------------------------------------------------------------------------- command line
 
 
-def add_rerate_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_rerate_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
     """Register ``cdrpipe rerate`` on the CLI's subparsers (``parser.add_subparsers()``)."""
     p = subparsers.add_parser(
         "rerate",

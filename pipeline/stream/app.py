@@ -159,6 +159,10 @@ def create_app(
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
+        # Table changelog writes, CDRs and dead letters are many small messages: let the
+        # producer batch them instead of one produce request per message.
+        producer_linger=0.005,
+        producer_max_batch_size=256 * 1024,
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         stream_wait_empty=True,
@@ -202,6 +206,8 @@ def create_app(
 
     @app.agent(inputs, concurrency=1)
     async def correlate(stream: faust.StreamT) -> None:
+        # The worker's log set-up leaves aiokafka at DEBUG: a log record per produce request.
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
         async for event in stream.events():
             msg = event.message
             if msg.topic == TOPIC_TICKS:

@@ -1,0 +1,169 @@
+"""Streaming throughput and latency on the real local broker.
+
+    python bench/stream_bench.py --calls 100000 --workers 1 2
+
+For each worker count, in one run and on one fresh broker per measurement:
+1. the raw aiokafka consume rate of the same input topics (the ceiling),
+2. worker(s) + sink draining a pre-loaded backlog: events/s from the first
+   committed offset to the last,
+3. end-event -> queryable latency: calls produced at a steady pace to a caught-up
+   pipeline; latency = the CDR row's ingested_at - the end event's send time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from pipeline.demo import Pipeline
+from pipeline.kafka.broker import LocalKafka
+from pipeline.kafka.topics import INPUT_TOPICS, ensure_topics
+from pipeline.simulate import SimConfig, generate, produce
+from pipeline.store.client import connect
+from pipeline.stream.progress import WORKER_GROUP, end_offsets, group_lag
+
+CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def raw_consume_rate(bootstrap: str, total: int) -> float:
+    consumer = AIOKafkaConsumer(*INPUT_TOPICS, bootstrap_servers=bootstrap,
+                                group_id=f"raw-{time.time()}", auto_offset_reset="earliest",
+                                enable_auto_commit=False, max_poll_records=5000)
+    await consumer.start()
+    seen = 0
+    started = time.perf_counter()
+    try:
+        while seen < total:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            seen += sum(len(v) for v in batch.values())
+    finally:
+        await consumer.stop()
+    return seen / (time.perf_counter() - started)
+
+
+async def drain_rate(bootstrap: str, total: int, pipeline: Pipeline) -> float:
+    first = last = None
+    while True:
+        pipeline.check_alive()
+        lag = await group_lag(bootstrap, WORKER_GROUP, INPUT_TOPICS)
+        now = time.perf_counter()
+        if lag < total and first is None:
+            first, done_at_first = now, total - lag
+        if lag == 0:
+            last = now
+            break
+        await asyncio.sleep(0.25)
+    return (total - done_at_first) / (last - first) if last > first else float("nan")
+
+
+def _stamp(ends: dict[str, float], call_id: str):
+    def done(_future: object) -> None:
+        ends[call_id] = time.time()
+
+    return done
+
+
+async def paced(bootstrap: str, messages, rate: float) -> dict[str, float]:
+    """Send messages at `rate`/s; returns call id -> wall time its end was acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    ends: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        for i, m in enumerate(messages):
+            fut = await producer.send(m.topic, m.value, key=m.key)
+            if m.topic.endswith(".end"):
+                fut.add_done_callback(_stamp(ends, m.key.decode()))
+            delay = t0 + (i + 1) / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return ends
+
+
+def measure(workers: int, calls: int, latency_calls: int, rate: float, tmp: Path) -> dict:
+    port, cport = free_port(), free_port()
+    kafka = LocalKafka(data_dir=tmp / f"kafka-{workers}", port=port, controller_port=cport)
+    kafka.start()
+    result: dict = {"workers": workers}
+    try:
+        ensure_topics(kafka.bootstrap, 8)
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+        sim = generate(SimConfig(calls=calls, seed=100 + workers, config_dir=str(CONFIG),
+                                 start=start, reorder=0.02, duplicate=0.02))
+        asyncio.run(produce(sim.messages, kafka.bootstrap))
+        total = sum(asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS)).values())
+        result["events"] = total
+        result["raw_consume"] = asyncio.run(raw_consume_rate(kafka.bootstrap, total))
+        store = f"chdb://{tmp / f'store-{workers}'}"
+        pipeline = Pipeline(kafka.bootstrap, store, tmp / f"logs-{workers}", workers,
+                            {"CDRPIPE_DATA": str(tmp / f"data-{workers}")})
+        pipeline.start()
+        try:
+            result["drain"] = asyncio.run(drain_rate(kafka.bootstrap, total, pipeline))
+            pipeline.wait_stored(timeout_s=600)
+            lat = generate(SimConfig(calls=latency_calls, seed=900 + workers,
+                                     config_dir=str(CONFIG), start=datetime.now(UTC),
+                                     call_rate=rate / 2.6))
+            ends = asyncio.run(paced(kafka.bootstrap, lat.messages, rate))
+            pipeline.wait_stored(timeout_s=600)
+        finally:
+            pipeline.stop()
+        client = connect(store)
+        try:
+            rows = []
+            for table in ("cdr_outbound", "cdr_inbound"):
+                rows += client.query(
+                    f"SELECT id, toUnixTimestamp64Milli(ingested_at) FROM {table} FINAL "
+                    "WHERE has({ids:Array(String)}, id)", parameters={"ids": list(ends)},
+                ).result_rows
+        finally:
+            client.close()
+        lat_s = sorted(ms / 1000 - ends[i] for i, ms in rows)
+        result["latency_n"] = len(lat_s)
+        result["p50"] = statistics.median(lat_s)
+        result["p99"] = lat_s[int(len(lat_s) * 0.99) - 1]
+    finally:
+        kafka.stop()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--latency-calls", type=int, default=3000)
+    parser.add_argument("--rate", type=float, default=1000.0, help="paced events/s for latency")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-stream-bench-"))
+    print("| date | machine | workers | events | raw aiokafka consume (ev/s) | pipeline drain "
+          f"(ev/s) | ratio | latency p50 / p99 (s) at {args.rate:.0f} ev/s |")
+    for w in args.workers:
+        r = measure(w, args.calls, args.latency_calls, args.rate, tmp)
+        print(f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} cores "
+              f"| {w} | {r['events']:,} | {r['raw_consume']:,.0f} | {r['drain']:,.0f} | "
+              f"{r['drain'] / r['raw_consume']:.2f} | {r['p50']:.2f} / {r['p99']:.2f} "
+              f"(n={r['latency_n']}) |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+// Call Logs page: asks for an API key (kept in sessionStorage), then lists CDRs, KPIs and a
+// chart through the authenticated API. Data is only ever written as text (textContent,
+// SVG attributes), never parsed as HTML.
+"use strict";
+
+(function () {
+  const KEY = "cdrpipe.apiKey";
+  const $ = (id) => document.getElementById(id);
+  const SVG = "http://www.w3.org/2000/svg";
+
+  const state = {
+    direction: "outbound",
+    params: null,       // URLSearchParams of the applied filters (no limit/cursor)
+    limit: 100,
+    cursors: [null],    // cursor of each page shown so far; last = current page
+    next: null,
+    me: null,
+    seq: 0,
+  };
+
+  // --- API access ------------------------------------------------------------------------
+
+  class AuthError extends Error {}
+
+  async function api(path, params) {
+    const key = sessionStorage.getItem(KEY);
+    if (!key) { askKey(); throw new AuthError("no key"); }
+    const url = params ? `${path}?${params}` : path;
+    const resp = await fetch(url, { headers: { "X-API-Key": key } });
+    if (resp.status === 401) {
+      sessionStorage.removeItem(KEY);
+      askKey("The API key was not accepted.");
+      throw new AuthError("unauthorized");
+    }
+    if (!resp.ok) {
+      let message = `${resp.status} ${resp.statusText}`;
+      try { message = (await resp.json()).message || message; } catch (e) { /* not JSON */ }
+      throw new Error(message);
+    }
+    return resp;
+  }
+
+  function askKey(error) {
+    $("key-error").textContent = error || "";
+    const dialog = $("key-dialog");
+    if (!dialog.open) dialog.showModal();
+    $("key-input").focus();
+  }
+
+  // --- filters ---------------------------------------------------------------------------
+
+  function utcInput(d) { return d.toISOString().slice(0, 19); }
+
+  function defaultRange() {
+    const end = new Date();
+    end.setUTCHours(0, 0, 0, 0);
+    end.setUTCDate(end.getUTCDate() + 1);
+    const start = new Date(end);
+    start.setUTCDate(start.getUTCDate() - 7);
+    $("f-from").value = utcInput(start);
+    $("f-to").value = utcInput(end);
+  }
+
+  function readFilters() {
+    const p = new URLSearchParams();
+    p.set("direction", state.direction);
+    for (const name of ["from", "to", "account", "source", "destination", "type", "status"]) {
+      const value = $(`f-${name}`).value.trim();
+      if (value) p.set(name, value);
+    }
+    state.limit = Number($("f-limit").value) || 100;
+    return p;
+  }
+
+  function withPage(cursor) {
+    const p = new URLSearchParams(state.params);
+    p.set("limit", String(state.limit));
+    if (cursor) p.set("cursor", cursor);
+    return p;
+  }
+
+  // --- rendering -------------------------------------------------------------------------
+
+  const time = (v) => (v ? v.slice(0, 19).replace("T", " ") : "");
+  const text = (v) => (v === null || v === undefined ? "" : String(v));
+  const initiator = (v) => (v ? v.charAt(0).toUpperCase() + v.slice(1) : "");
+
+  const COLUMNS = {
+    outbound: (c) => [time(c.start_time), time(c.connect_time), time(c.end_time), c.source,
+      c.cli, c.destination, c.duration, c.billing_duration, c.disconnect_code,
+      c.disconnect_reason, c.rate, c.charged, c.cdr_type, c.country_name, c.network_name,
+      c.trunk],
+    inbound: (c) => [time(c.start_time), time(c.connect_time), time(c.end_time), c.source,
+      c.did, c.destination, c.duration, initiator(c.disconnect_initiator), c.disconnect_code,
+      c.disconnect_reason, c.toll_free_amount, c.termination_amount, c.metered_amount],
+  };
+
+  function renderRows(page) {
+    const body = $("rows");
+    body.replaceChildren();
+    const cells = COLUMNS[state.direction];
+    for (const cdr of page.items) {
+      const tr = document.createElement("tr");
+      tr.dataset.id = cdr.id;
+      tr.dataset.status = cdr.status;
+      for (const value of cells(cdr)) {
+        const td = document.createElement("td");
+        td.textContent = text(value);
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    const pageNo = state.cursors.length;
+    const first = (pageNo - 1) * state.limit + 1;
+    $("summary").textContent = page.items.length
+      ? `Rows ${first}–${first + page.items.length - 1}${page.next_cursor ? " (more)" : ""}`
+      : "No CDRs match these filters";
+    $("page-no").textContent = `Page ${pageNo}`;
+    $("prev").disabled = pageNo <= 1;
+    $("next").disabled = !page.next_cursor;
+    state.next = page.next_cursor;
+  }
+
+  const num = (v, digits) => (v === null || v === undefined ? "–"
+    : Number(v).toLocaleString("en-US", { maximumFractionDigits: digits }));
+
+  function renderKpis(k) {
+    const t = k.totals;
+    $("k-attempts").textContent = num(t.attempts, 0);
+    $("k-answered").textContent = num(t.answered, 0);
+    $("k-asr").textContent = t.asr_pct === null ? "–" : `${num(t.asr_pct, 2)} %`;
+    $("k-acd").textContent = t.acd_s === null ? "–" : `${num(t.acd_s, 1)} s`;
+    $("k-ner").textContent = t.ner_pct === null ? "–" : `${num(t.ner_pct, 2)} %`;
+    $("k-minutes").textContent = num(t.minutes, 2);
+    $("k-billed").textContent = num(t.billed_minutes, 2);
+    $("k-charged").textContent = t.charged;
+    $("k-unrated").textContent = num(t.unrated, 0);
+    $("k-timedout").textContent = num(t.timed_out, 0);
+    renderChart(k.groups);
+  }
+
+  function el(name, attrs, content) {
+    const node = document.createElementNS(SVG, name);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    if (content !== undefined) node.textContent = content;
+    return node;
+  }
+
+  function renderChart(groups) {
+    const svg = $("chart");
+    svg.replaceChildren();
+    const W = 900, H = 220, L = 48, R = 44, T = 10, B = 26;
+    const w = W - L - R, h = H - T - B;
+    svg.appendChild(el("rect", { x: L, y: T, width: w, height: h, class: "plot" }));
+    if (!groups.length) {
+      svg.appendChild(el("text", { x: W / 2, y: H / 2, "text-anchor": "middle", class: "axis" },
+        "no calls"));
+      return;
+    }
+    const max = Math.max(...groups.map((g) => g.attempts), 1);
+    const step = w / groups.length;
+    const points = [];
+    groups.forEach((g, i) => {
+      const bh = (g.attempts / max) * h;
+      const bar = el("rect", { x: L + i * step + step * 0.1, y: T + h - bh,
+        width: Math.max(step * 0.8, 1), height: bh, class: "bar" });
+      bar.appendChild(el("title", {}, `${g.key}: ${g.attempts} calls, ASR ${
+        g.asr_pct === null ? "–" : g.asr_pct + " %"}`));
+      svg.appendChild(bar);
+      if (g.asr_pct !== null) {
+        points.push(`${L + (i + 0.5) * step},${T + h - (g.asr_pct / 100) * h}`);
+      }
+    });
+    if (points.length) svg.appendChild(el("polyline", { points: points.join(" "), class: "asr" }));
+    svg.appendChild(el("text", { x: L - 6, y: T + 10, "text-anchor": "end", class: "axis" },
+      num(max, 0)));
+    svg.appendChild(el("text", { x: L - 6, y: T + h, "text-anchor": "end", class: "axis" }, "0"));
+    svg.appendChild(el("text", { x: L + w + 6, y: T + 10, class: "axis" }, "100%"));
+    svg.appendChild(el("text", { x: L + w + 6, y: T + h, class: "axis" }, "0%"));
+    const labels = groups.length > 1 ? [0, groups.length - 1] : [0];
+    for (const i of labels) {
+      svg.appendChild(el("text", { x: L + (i + 0.5) * step, y: H - 8,
+        "text-anchor": i === 0 && groups.length > 1 ? "start" : "middle", class: "axis" },
+      groups[i].key));
+    }
+  }
+
+  // --- actions ---------------------------------------------------------------------------
+
+  function showError(err) {
+    if (err instanceof AuthError) return;
+    $("message").textContent = err.message || String(err);
+  }
+
+  async function loadPage(cursor) {
+    const seq = ++state.seq;
+    $("message").textContent = "";
+    try {
+      const page = await (await api("/api/v1/cdrs", withPage(cursor))).json();
+      if (seq === state.seq) renderRows(page);
+    } catch (err) { showError(err); }
+  }
+
+  async function loadKpis() {
+    const p = new URLSearchParams(state.params);
+    const from = Date.parse(`${p.get("from") || ""}Z`);
+    const to = Date.parse(`${p.get("to") || ""}Z`);
+    const hourly = !Number.isNaN(from) && !Number.isNaN(to) && to - from <= 3 * 86400e3;
+    p.set("group_by", hourly ? "hour" : "day");
+    try {
+      renderKpis(await (await api("/api/v1/kpis", p)).json());
+    } catch (err) { showError(err); }
+  }
+
+  function apply() {
+    state.params = readFilters();
+    state.cursors = [null];
+    loadPage(null);
+    loadKpis();
+  }
+
+  async function exportCsv() {
+    const button = $("export");
+    button.disabled = true;
+    try {
+      const resp = await api("/api/v1/cdrs.csv", state.params);
+      const blob = await resp.blob();
+      const match = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = match ? match[1] : `cdrs-${state.direction}.csv`;
+      document.body.appendChild(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 60_000);
+    } catch (err) { showError(err); } finally { button.disabled = false; }
+  }
+
+  function setDirection(direction) {
+    state.direction = direction;
+    for (const tab of document.querySelectorAll("[data-direction]")) {
+      tab.setAttribute("aria-selected", String(tab.dataset.direction === direction));
+    }
+    $("head-outbound").hidden = direction !== "outbound";
+    $("head-inbound").hidden = direction !== "inbound";
+    $("k-billed").parentElement.hidden = direction !== "outbound";
+    apply();
+  }
+
+  async function start() {
+    try {
+      const me = await (await api("/api/v1/me")).json();
+      state.me = me;
+      $("who").textContent = me.admin ? "admin" : `account ${me.account}`;
+      $("signout").hidden = false;
+      const account = $("f-account");
+      if (!me.admin) {
+        account.value = me.account;
+        account.readOnly = true;
+      }
+      apply();
+    } catch (err) { showError(err); }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    defaultRange();
+    $("key-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const key = $("key-input").value.trim();
+      if (!key) return;
+      sessionStorage.setItem(KEY, key);
+      $("key-input").value = "";
+      $("key-dialog").close();
+      start();
+    });
+    $("key-dialog").addEventListener("cancel", (ev) => ev.preventDefault());
+    $("signout").addEventListener("click", () => {
+      sessionStorage.removeItem(KEY);
+      askKey();
+    });
+    $("filters").addEventListener("submit", (ev) => { ev.preventDefault(); apply(); });
+    $("filters").addEventListener("reset", () => {
+      setTimeout(() => {
+        defaultRange();
+        if (state.me && !state.me.admin) $("f-account").value = state.me.account;
+        apply();
+      }, 0);
+    });
+    for (const tab of document.querySelectorAll("[data-direction]")) {
+      tab.addEventListener("click", () => setDirection(tab.dataset.direction));
+    }
+    $("next").addEventListener("click", () => {
+      if (!state.next) return;
+      state.cursors.push(state.next);
+      loadPage(state.next);
+    });
+    $("prev").addEventListener("click", () => {
+      if (state.cursors.length <= 1) return;
+      state.cursors.pop();
+      loadPage(state.cursors[state.cursors.length - 1]);
+    });
+    $("export").addEventListener("click", exportCsv);
+    if (sessionStorage.getItem(KEY)) start(); else askKey();
+  });
+})();
