@@ -16,7 +16,7 @@ opens the store when the app starts (or uses a client it is given) and closes wh
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 from fastapi import Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -81,7 +81,9 @@ class ApiError(Exception):
         self.headers = headers
 
 
-def _error(status: int, error: str, message: str, headers: dict[str, str] | None = None):
+def _error(
+    status: int, error: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
     body = ErrorBody(error=error, message=message).model_dump()
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -164,13 +166,21 @@ def _filter_args(
     direction: Annotated[Direction, Query(description="which layout: inbound or outbound")],
     time_from: Annotated[
         str | None,
-        Query(alias="from", max_length=64, description="start time from (inclusive). " + _TIME_HELP
-              + ". Default: `to` minus the maximum range (62 days)"),
+        Query(
+            alias="from",
+            max_length=64,
+            description="start time from (inclusive). "
+            + _TIME_HELP
+            + ". Default: `to` minus the maximum range (62 days)",
+        ),
     ] = None,
     time_to: Annotated[
         str | None,
-        Query(alias="to", max_length=64,
-              description="start time to (exclusive). Default: now, rounded up to the minute"),
+        Query(
+            alias="to",
+            max_length=64,
+            description="start time to (exclusive). Default: now, rounded up to the minute",
+        ),
     ] = None,
     account: Annotated[
         str | None,
@@ -181,8 +191,9 @@ def _filter_args(
     ] = None,
     destination: Annotated[
         str | None,
-        Query(max_length=MAX_TEXT,
-              description="destination prefix (inbound: also matches the DID)"),
+        Query(
+            max_length=MAX_TEXT, description="destination prefix (inbound: also matches the DID)"
+        ),
     ] = None,
     cdr_type: Annotated[CdrTypeParam | None, Query(alias="type", description="CDR type")] = None,
     status: Annotated[StatusParam | None, Query(description="call status")] = None,
@@ -193,8 +204,18 @@ def _filter_args(
         bool | None, Query(description="only calls closed as timed out (true) or not (false)")
     ] = None,
 ) -> FilterArgs:
-    return FilterArgs(direction, time_from, time_to, account, source, destination, cdr_type,
-                      status, rated, timed_out)
+    return FilterArgs(
+        direction,
+        time_from,
+        time_to,
+        account,
+        source,
+        destination,
+        cdr_type,
+        status,
+        rated,
+        timed_out,
+    )
 
 
 FilterDep = Annotated[FilterArgs, Depends(_filter_args)]
@@ -213,8 +234,7 @@ def scoped_filter(principal: Principal, args: FilterArgs, max_days: int) -> CdrF
     account = args.account or None
     if not principal.admin:
         if account is not None and account != principal.account:
-            raise ApiError(403, "forbidden",
-                           "this API key can only read its own account's CDRs")
+            raise ApiError(403, "forbidden", "this API key can only read its own account's CDRs")
         account = principal.account
     try:
         flt = CdrFilter.from_strings(
@@ -240,11 +260,13 @@ def scoped_filter(principal: Principal, args: FilterArgs, max_days: int) -> CdrF
         raise ApiError(400, "bad_request", "from must be before to")
     if time_to - time_from > timedelta(days=max_days):
         raise ApiError(
-            400, "bad_request",
+            400,
+            "bad_request",
             f"the range from..to may span at most {max_days} days (CDRs are kept two months)",
         )
-    return replace(flt, time_from=time_from, time_to=time_to, rated=args.rated,
-                   timed_out=args.timed_out)
+    return replace(
+        flt, time_from=time_from, time_to=time_to, rated=args.rated, timed_out=args.timed_out
+    )
 
 
 def _bad_time_message(text: str) -> str:
@@ -281,8 +303,10 @@ def create_app(
     """
     if max_days < 1 or export_chunk_rows < 1:
         raise ValueError("max_days and export_chunk_rows must be at least 1")
-    key_store = keys if isinstance(keys, KeyStore) else KeyStore(
-        Path(keys) if keys is not None else default_keys_path()
+    key_store = (
+        keys
+        if isinstance(keys, KeyStore)
+        else KeyStore(Path(keys) if keys is not None else default_keys_path())
     )
 
     @asynccontextmanager
@@ -333,7 +357,9 @@ def create_app(
         return _error(503, "store_unavailable", "the CDR store failed; try again later")
 
     @app.middleware("http")
-    async def _headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+    async def _headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -347,15 +373,13 @@ def create_app(
             raise StoreError("the app has not started (no store open)")
         return store
 
-    @app.get("/healthz", response_model=Health, tags=["service"],
-             responses={503: _ERRORS[503]})
+    @app.get("/healthz", response_model=Health, tags=["service"], responses={503: _ERRORS[503]})
     async def healthz(request: Request) -> Health:
         """Liveness and store reachability (no key needed)."""
         await shared(request).call(lambda c: c.query("SELECT 1"))
         return Health(status="ok")
 
-    @app.get("/api/v1/me", response_model=Me, tags=["cdrs"],
-             responses={401: _ERRORS[401]})
+    @app.get("/api/v1/me", response_model=Me, tags=["cdrs"], responses={401: _ERRORS[401]})
     async def me(principal: PrincipalDep) -> Me:
         """Who the key belongs to: its account, or the admin role."""
         return Me(key_id=principal.key_id, admin=principal.admin, account=principal.account)
@@ -386,7 +410,7 @@ def create_app(
         rows = rows[:limit]
         return CdrPage(
             items=[cdr_out(c) for c in rows],
-            next_cursor=encode_cursor(rows[-1]) if more else None,
+            next_cursor=encode_cursor(rows[-1].start_time, rows[-1].id) if more else None,
             limit=limit,
             filter=filter_out(flt),
         )
@@ -396,12 +420,14 @@ def create_app(
         response_class=CsvResponse,
         tags=["cdrs"],
         responses={
-            200: {"content": {"text/csv": {"schema": {"type": "string"}}},
-                  "description": "CSV in the seed layout of the direction"},
+            200: {
+                "content": {"text/csv": {"schema": {"type": "string"}}},
+                "description": "CSV in the seed layout of the direction",
+            },
             **_CSV_ERRORS,
         },
     )
-    async def export_csv(request: Request, principal: PrincipalDep, args: FilterDep):
+    async def export_csv(request: Request, principal: PrincipalDep, args: FilterDep) -> CsvResponse:
         """Every CDR matching the filters as CSV in the Call Logs layout of the direction,
         byte for byte what `cdrpipe export` writes. Streamed in chunks: memory stays flat."""
         flt = scoped_filter(principal, args, request.app.state.max_days)
@@ -445,8 +471,9 @@ def create_app(
     def openapi() -> dict[str, Any]:
         """FastAPI's schema without the 422 answers this app never gives (it says 400)."""
         if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version,
-                                 description=app.description, routes=app.routes)
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
             for path in schema.get("paths", {}).values():
                 for operation in path.values():
                     operation.get("responses", {}).pop("422", None)

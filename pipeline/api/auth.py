@@ -72,8 +72,9 @@ class KeyEntry:
     created: str
 
     def principal(self) -> Principal:
-        return Principal(key_id=self.id, account=None if self.admin else self.account,
-                         admin=self.admin)
+        return Principal(
+            key_id=self.id, account=None if self.admin else self.account, admin=self.admin
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {

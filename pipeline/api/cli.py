@@ -32,14 +32,20 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=None,
         help="ClickHouse DSN (default: $CDRPIPE_STORE, else the embedded chDB store in ./data)",
     )
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
     p.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     p.add_argument("--keys", type=Path, default=None, help=_KEYS_HELP)
-    p.add_argument("--max-days", type=int, default=62,
-                   help="longest from..to range a request may ask for (default 62)")
-    p.add_argument("--log-level", default="info",
-                   choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument(
+        "--max-days",
+        type=int,
+        default=62,
+        help="longest from..to range a request may ask for (default 62)",
+    )
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     p.set_defaults(func=cmd_serve)
     return p
 
@@ -106,7 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:  # open here, in the serving process, so a locked directory fails fast and clearly
         client = connect(dsn)
     except StoreError as exc:
-        print(f"cdrpipe serve: {exc}", file=sys.stderr)
+        hint = ""
+        if "another process" not in str(exc) and dsn.startswith(("chdb:", "/", ".")):
+            hint = (
+                " (if another cdrpipe process, e.g. a sink or a replay, has this embedded"
+                " store open, stop it or serve from a ClickHouse server DSN)"
+            )
+        print(f"cdrpipe serve: {exc}{hint}", file=sys.stderr)
         return 2
     try:
         app = create_app(client, keys, max_days=args.max_days)
@@ -115,8 +127,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f" http://{args.host}:{args.port}/call-logs",
             file=sys.stderr,
         )
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    proxy_headers=False, server_header=False)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            proxy_headers=False,
+            server_header=False,
+        )
     finally:
         client.close()
     return 0
@@ -135,13 +153,17 @@ def cmd_apikey(args: argparse.Namespace) -> int:
     try:
         if args.action == "create":
             key, entry = create_key(
-                path, account=None if args.admin else args.account, admin=args.admin,
+                path,
+                account=None if args.admin else args.account,
+                admin=args.admin,
                 label=args.label,
             )
             scope = "admin" if entry.admin else f"account {entry.account}"
             print(key)
-            print(f"created {entry.id} ({scope}) in {path}; the key is shown only now",
-                  file=sys.stderr)
+            print(
+                f"created {entry.id} ({scope}) in {path}; the key is shown only now",
+                file=sys.stderr,
+            )
         elif args.action == "list":
             for entry in list_keys(path):
                 scope = "admin" if entry.admin else f"account={entry.account}"

@@ -50,8 +50,8 @@ class AppliedFilter(BaseModel):
     """The filter as applied: defaults filled in and the key's account forced."""
 
     direction: Literal["inbound", "outbound"]
-    time_from: str = Field(alias="from", description="inclusive, UTC ISO 8601")
-    time_to: str = Field(alias="to", description="exclusive, UTC ISO 8601")
+    time_from: str = Field(serialization_alias="from", description="inclusive, UTC ISO 8601")
+    time_to: str = Field(serialization_alias="to", description="exclusive, UTC ISO 8601")
     account: str | None
     source: str | None
     destination: str | None
@@ -59,8 +59,6 @@ class AppliedFilter(BaseModel):
     status: str | None
     rated: bool | None
     timed_out: bool | None
-
-    model_config = {"populate_by_name": True}
 
 
 class CdrOut(BaseModel):

@@ -57,8 +57,9 @@ async def root() -> RedirectResponse:
 
 @router.get("/call-logs", response_class=HTMLResponse)
 async def call_logs() -> HTMLResponse:
-    return HTMLResponse(render(), headers={"Content-Security-Policy": _CSP,
-                                           "Cache-Control": "no-store"})
+    return HTMLResponse(
+        render(), headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-store"}
+    )
 
 
 def mount_static(app: FastAPI) -> None:
@@ -72,6 +73,7 @@ _TEMPLATE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Call Logs</title>
+<link rel="icon" href="data:,">
 <link rel="stylesheet" href="/static/call-logs.css">
 <script src="/static/call-logs.js" defer></script>
 </head>
@@ -102,8 +104,10 @@ _TEMPLATE = """<!doctype html>
   </nav>
 
   <form id="filters" class="filters">
-    <label>From (UTC) <input type="datetime-local" name="from" id="f-from" step="1"></label>
-    <label>To (UTC) <input type="datetime-local" name="to" id="f-to" step="1"></label>
+    <label>From (UTC, inclusive) <input name="from" id="f-from" maxlength="64"
+      placeholder="YYYY-MM-DD HH:MM:SS"></label>
+    <label>To (UTC, exclusive) <input name="to" id="f-to" maxlength="64"
+      placeholder="YYYY-MM-DD HH:MM:SS"></label>
     <label>Account <input name="account" id="f-account" maxlength="256"></label>
     <label>Source <input name="source" id="f-source" maxlength="256"
       placeholder="number prefix"></label>
@@ -138,7 +142,7 @@ _TEMPLATE = """<!doctype html>
   <section class="chart">
     <h2>Calls and ASR over time</h2>
     <svg id="chart" role="img" aria-label="Calls and ASR over time"
-      viewBox="0 0 900 220" preserveAspectRatio="none"></svg>
+      viewBox="0 0 900 220"></svg>
     <p class="legend"><span class="sw bars"></span> calls
       <span class="sw line"></span> ASR %</p>
   </section>

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Concatenate, ParamSpec, TypeVar
 
 from starlette.concurrency import run_in_threadpool
@@ -82,7 +83,7 @@ class SharedStore:
         self, fn: Callable[Concatenate[Client, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run ``fn(client, ...)`` in a worker thread, holding the lock."""
-        return await run_in_threadpool(self.run, fn, *args, **kwargs)
+        return await run_in_threadpool(partial(self.run, fn, *args, **kwargs))
 
     def close(self) -> None:
         """Close the client if this store opened it."""
@@ -121,10 +122,11 @@ def page_cdrs(client: Client, flt: CdrFilter, limit: int, after: Key | None = No
     return list(iter_page(client, flt, limit, after))
 
 
-def encode_cursor(cdr: CDR) -> str:
-    """The opaque cursor that continues after `cdr`: its start (µs) and id, base64url."""
-    micros = (cdr.start_time - _EPOCH) // timedelta(microseconds=1)
-    raw = f"{micros}.{cdr.id}".encode()
+def encode_cursor(start_time: datetime, call_id: str) -> str:
+    """The opaque cursor that continues after the CDR (start_time, id): start in µs and id,
+    base64url."""
+    micros = (start_time - _EPOCH) // timedelta(microseconds=1)
+    raw = f"{micros}.{call_id}".encode()
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 

@@ -151,6 +151,9 @@ def create_app(
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         "cdrpipe",
+        # Every topic, including the table's changelog, carries our own bytes: no JSON codec.
+        key_serializer="raw",
+        value_serializer="raw",
         broker=f"kafka://{bootstrap or config.kafka_bootstrap()}",
         store=table_store or config.env("CDRPIPE_TABLE_STORE", "memory://"),
         datadir=str(datadir),
@@ -187,10 +190,11 @@ def create_app(
         TOPIC_CDR, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
     dlq = app.topic(TOPIC_DLQ, key_serializer="raw", value_serializer="raw", partitions=partitions)
-    raw = faust.Schema(
-        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+    # key_type/value_type bytes make Faust use the raw codec for the changelog too (with a
+    # `schema=` only, recovery would JSON-decode our bytes and never finish).
+    table = app.Table(
+        "calls", default=None, key_type=bytes, value_type=bytes, partitions=partitions
     )
-    table = app.Table("calls", default=None, schema=raw, partitions=partitions)
     runtime = WorkerRuntime(refdata, TableStates(table), settings, partitions, idle_after)
     app.cdrpipe_runtime = runtime  # type: ignore[attr-defined]
 

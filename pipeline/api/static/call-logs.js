@@ -49,7 +49,8 @@
 
   // --- filters ---------------------------------------------------------------------------
 
-  function utcInput(d) { return d.toISOString().slice(0, 19); }
+  function utcInput(d) { return d.toISOString().slice(0, 19).replace("T", " "); }
+  function parseUtc(text) { return Date.parse(`${text.trim().replace(" ", "T")}Z`); }
 
   function defaultRange() {
     const end = new Date();
@@ -124,6 +125,23 @@
   const num = (v, digits) => (v === null || v === undefined ? "–"
     : Number(v).toLocaleString("en-US", { maximumFractionDigits: digits }));
 
+  // Every day (or hour) of the range, so that quiet periods show as gaps, not disappear.
+  function timeline(groups, groupBy) {
+    const from = parseUtc(state.params.get("from") || "");
+    const to = parseUtc(state.params.get("to") || "");
+    const step = groupBy === "hour" ? 3600e3 : 86400e3;
+    if (Number.isNaN(from) || Number.isNaN(to) || (to - from) / step > 2000) return groups;
+    const byKey = new Map(groups.map((g) => [g.key, g]));
+    const out = [];
+    for (let t = Math.floor(from / step) * step; t < to; t += step) {
+      const iso = new Date(t).toISOString();
+      const key = groupBy === "hour" ? `${iso.slice(0, 10)} ${iso.slice(11, 13)}:00`
+        : iso.slice(0, 10);
+      out.push(byKey.get(key) || { key, attempts: 0, asr_pct: null });
+    }
+    return out;
+  }
+
   function renderKpis(k) {
     const t = k.totals;
     $("k-attempts").textContent = num(t.attempts, 0);
@@ -136,7 +154,7 @@
     $("k-charged").textContent = t.charged;
     $("k-unrated").textContent = num(t.unrated, 0);
     $("k-timedout").textContent = num(t.timed_out, 0);
-    renderChart(k.groups);
+    renderChart(timeline(k.groups, k.group_by));
   }
 
   function el(name, attrs, content) {
@@ -149,7 +167,8 @@
   function renderChart(groups) {
     const svg = $("chart");
     svg.replaceChildren();
-    const W = 900, H = 220, L = 48, R = 44, T = 10, B = 26;
+    const W = Math.max(svg.clientWidth, 300), H = 220, L = 48, R = 44, T = 10, B = 26;
+    svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
     const w = W - L - R, h = H - T - B;
     svg.appendChild(el("rect", { x: L, y: T, width: w, height: h, class: "plot" }));
     if (!groups.length) {
@@ -203,8 +222,8 @@
 
   async function loadKpis() {
     const p = new URLSearchParams(state.params);
-    const from = Date.parse(`${p.get("from") || ""}Z`);
-    const to = Date.parse(`${p.get("to") || ""}Z`);
+    const from = parseUtc(p.get("from") || "");
+    const to = parseUtc(p.get("to") || "");
     const hourly = !Number.isNaN(from) && !Number.isNaN(to) && to - from <= 3 * 86400e3;
     p.set("group_by", hourly ? "hour" : "day");
     try {
