@@ -78,137 +78,100 @@ def build_cdr(
     else:
         raise ValueError(f"call {start.id!r}: need an end event or timed_out_at")
 
+    if start.direction not in ("outbound", "inbound"):
+        raise ValueError(f"call {start.id!r}: start event has no direction")
     connect_time = connect.ts if connect is not None else None
     duration = call_duration(connect_time, end_time)
-    status = call_status(connect is not None, code, initiator)
-    source = start.source or ""
-    destination = start.destination or ""
-    ts = start.ts
-
-    if start.direction == "outbound":
-        trunk_name = start.trunk or ""
-        trunk = refdata.trunks.get(trunk_name)
-        cli = (trunk.replace_cli if trunk is not None else None) or source
-        origin = (trunk.origin_country if trunk is not None else None) or describe(cli).country
-        dest_info = describe(destination)
-        kind = cdr_type(origin, dest_info.country)
-        row = None
-        if trunk is not None:
-            row = refdata.rates.lookup(trunk.deck, destination.lstrip("+"), kind, ts)
-        if row is None:
-            return CDR(
-                id=start.id,
-                direction="outbound",
-                account=start.account or "",
-                gateway=start.gateway or "",
-                start_time=ts,
-                connect_time=connect_time,
-                end_time=end_time,
-                source=source,
-                destination=destination,
-                duration=duration,
-                disconnect_code=code,
-                disconnect_reason=reason,
-                disconnect_initiator=initiator,
-                status=status,
-                cdr_type=kind,
-                country_name=dest_info.country_name,
-                network_name=dest_info.network,
-                trunk=trunk_name,
-                cli=cli,
-                rated=False,
-                timed_out=timed_out,
-                revision=revision,
-            )
-        initial = row.initial_increment
-        billing = billing_duration(duration, initial, row.recurring_increment)
-        return CDR(
-            id=start.id,
-            direction="outbound",
-            account=start.account or "",
-            gateway=start.gateway or "",
-            start_time=ts,
-            connect_time=connect_time,
-            end_time=end_time,
-            source=source,
-            destination=destination,
-            duration=duration,
-            disconnect_code=code,
-            disconnect_reason=reason,
-            disconnect_initiator=initiator,
-            status=status,
-            cdr_type=kind,
-            country_name=row.country or dest_info.country_name,
-            network_name=row.network or dest_info.network,
-            trunk=trunk_name,
-            cli=cli,
-            billing_duration=billing,
-            rate=row.rate,
-            charged=charge(
-                duration, billing, row.connection_fee, row.initial_rate, row.rate, initial
-            ),
-            rated=True,
-            timed_out=timed_out,
-            revision=revision,
-        )
-
-    if start.direction != "inbound":
-        raise ValueError(f"call {start.id!r}: start event has no direction")
-
-    did_number = start.did or ""
-    trunk_name = start.trunk or ""
-    in_trunk = refdata.trunks.get(trunk_name) if trunk_name else None
-    origin = (in_trunk.origin_country if in_trunk is not None else None) or describe(source).country
-    did_info = describe(did_number)
-    kind = cdr_type(origin, did_info.country)
-    did = refdata.dids.get(did_number)
-    rated = did is not None
-    toll_free = metered = termination = None
-    if did is not None:
-        initial = did.initial_increment
-        billing = billing_duration(duration, initial, did.recurring_increment)
-        if did.toll_free_rate is not None:
-            r = did.toll_free_rate
-            toll_free = charge(duration, billing, _NO_FEE, r, r, initial)
-        if did.metered_rate is not None:
-            r = did.metered_rate
-            metered = charge(duration, billing, _NO_FEE, r, r, initial)
-        pstn = digits_of(destination) if destination else None
-        if pstn is not None:
-            row = None
-            if did.termination_deck is not None:
-                term_kind = cdr_type(origin, describe(pstn).country)
-                row = refdata.rates.lookup(did.termination_deck, pstn, term_kind, ts)
-            if row is None:
-                rated = False
-            else:
-                termination = charge(
-                    duration, billing, row.connection_fee, row.initial_rate, row.rate, initial
-                )
-    return CDR(
+    # The fields both layouts share; rating below fills in the direction's own.
+    cdr = CDR(
         id=start.id,
-        direction="inbound",
+        direction=start.direction,
         account=start.account or "",
         gateway=start.gateway or "",
-        start_time=ts,
+        start_time=start.ts,
         connect_time=connect_time,
         end_time=end_time,
-        source=source,
-        destination=destination,
+        source=start.source or "",
+        destination=start.destination or "",
         duration=duration,
         disconnect_code=code,
         disconnect_reason=reason,
         disconnect_initiator=initiator,
-        status=status,
-        cdr_type=kind,
-        country_name=did_info.country_name,
-        network_name=did_info.network,
-        trunk=trunk_name,
-        did=did_number,
-        toll_free_amount=toll_free,
-        termination_amount=termination,
-        metered_amount=metered,
-        rated=rated,
+        status=call_status(connect is not None, code, initiator),
+        cdr_type="International",
+        country_name="",
+        network_name="",
+        trunk=start.trunk or "",
+        did=(start.did or "") if start.direction == "inbound" else None,
         timed_out=timed_out,
         revision=revision,
     )
+    if start.direction == "outbound":
+        _rate_outbound(cdr, refdata)
+    else:
+        _rate_inbound(cdr, refdata)
+    return cdr
+
+
+def _rate_outbound(cdr: CDR, refdata: RefData) -> None:
+    """CLI, CDR type, rate, billing duration and charge of an outbound call."""
+    trunk = refdata.trunks.get(cdr.trunk)
+    cli = (trunk.replace_cli if trunk is not None else None) or cdr.source
+    origin = (trunk.origin_country if trunk is not None else None) or describe(cli).country
+    dest_info = describe(cdr.destination)
+    cdr.cli = cli
+    cdr.cdr_type = kind = cdr_type(origin, dest_info.country)
+    row = None
+    if trunk is not None:
+        row = refdata.rates.lookup(trunk.deck, cdr.destination.lstrip("+"), kind, cdr.start_time)
+    if row is None:
+        cdr.country_name, cdr.network_name = dest_info.country_name, dest_info.network
+        cdr.rated = False
+        return
+    initial = row.initial_increment
+    billing = billing_duration(cdr.duration, initial, row.recurring_increment)
+    cdr.country_name = row.country or dest_info.country_name
+    cdr.network_name = row.network or dest_info.network
+    cdr.billing_duration = billing
+    cdr.rate = row.rate
+    cdr.charged = charge(
+        cdr.duration, billing, row.connection_fee, row.initial_rate, row.rate, initial
+    )
+
+
+def _rate_inbound(cdr: CDR, refdata: RefData) -> None:
+    """CDR type and the toll-free, metered and termination amounts of an inbound call."""
+    did_number = cdr.did or ""
+    in_trunk = refdata.trunks.get(cdr.trunk) if cdr.trunk else None
+    origin = (in_trunk.origin_country if in_trunk is not None else None) or describe(
+        cdr.source
+    ).country
+    did_info = describe(did_number)
+    cdr.cdr_type = cdr_type(origin, did_info.country)
+    cdr.country_name, cdr.network_name = did_info.country_name, did_info.network
+    did = refdata.dids.get(did_number)
+    if did is None:
+        cdr.rated = False
+        return
+    duration = cdr.duration
+    initial = did.initial_increment
+    billing = billing_duration(duration, initial, did.recurring_increment)
+    if did.toll_free_rate is not None:
+        r = did.toll_free_rate
+        cdr.toll_free_amount = charge(duration, billing, _NO_FEE, r, r, initial)
+    if did.metered_rate is not None:
+        r = did.metered_rate
+        cdr.metered_amount = charge(duration, billing, _NO_FEE, r, r, initial)
+    pstn = digits_of(cdr.destination) if cdr.destination else None
+    if pstn is None:
+        return
+    row = None
+    if did.termination_deck is not None:
+        term_kind = cdr_type(origin, describe(pstn).country)
+        row = refdata.rates.lookup(did.termination_deck, pstn, term_kind, cdr.start_time)
+    if row is None:
+        cdr.rated = False
+    else:
+        cdr.termination_amount = charge(
+            duration, billing, row.connection_fee, row.initial_rate, row.rate, initial
+        )
