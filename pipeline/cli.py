@@ -241,8 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_rerate_parser(sub)
 
+    from pipeline.api.cli import add_keys_parser, add_serve_parser
+
+    add_serve_parser(sub)
+    add_keys_parser(sub)
+
     p = sub.add_parser("demo", help="broker + workers + sink + simulated traffic, then export")
-    p.add_argument("--calls", type=int, default=20_000)
+    p.add_argument("--calls", type=int, default=10_000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rate", type=float, default=None, help="messages/s (default: max)")
     p.add_argument("--out", type=Path, default=Path("out"), help="where CSVs and logs go")

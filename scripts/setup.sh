@@ -3,6 +3,11 @@
 # and the Kafka broker jars from Maven Central (cached in ~/.cache/cdrpipe).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Headless Chromium (Debian's package) for the web page's browser test; Playwright drives it
+# through executable_path and never downloads a browser of its own.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3
 if [ ! -x .venv/bin/python ]; then

@@ -57,39 +57,56 @@ def test_key_with_non_ascii_bytes_is_401(api):
 
 @pytest.mark.parametrize("path", ENDPOINTS)
 def test_other_account_is_403(api, env: Env, path):
-    r = api.get(path, headers=auth(env.keys["kpi-a"]),
-                params=env.params(direction="outbound", account="kpi-b"))
+    r = api.get(
+        path,
+        headers=auth(env.keys["kpi-a"]),
+        params=env.params(direction="outbound", account="kpi-b"),
+    )
     assert r.status_code == 403
     assert r.json()["error"] == "forbidden"
     assert "kpi-b" not in r.text
     # naming its own account is fine
-    r = api.get(path, headers=auth(env.keys["kpi-a"]),
-                params=env.params(direction="outbound", account="kpi-a"))
+    r = api.get(
+        path,
+        headers=auth(env.keys["kpi-a"]),
+        params=env.params(direction="outbound", account="kpi-a"),
+    )
     assert r.status_code == 200
 
 
 @pytest.mark.parametrize("direction", ["outbound", "inbound"])
 def test_account_key_sees_only_its_account(api, env: Env, direction):
-    r = api.get("/api/v1/cdrs", headers=auth(env.keys["kpi-a"]),
-                params=env.params(direction=direction, limit=1000))
+    r = api.get(
+        "/api/v1/cdrs",
+        headers=auth(env.keys["kpi-a"]),
+        params=env.params(direction=direction, limit=1000),
+    )
     items = r.json()["items"]
     assert items and {c["account"] for c in items} == {"kpi-a"}
-    csv_text = api.get("/api/v1/cdrs.csv", headers=auth(env.keys["kpi-a"]),
-                       params=env.params(direction=direction)).text
+    csv_text = api.get(
+        "/api/v1/cdrs.csv", headers=auth(env.keys["kpi-a"]), params=env.params(direction=direction)
+    ).text
     assert len(csv_text.splitlines()) == len(items) + 1
-    k = api.get("/api/v1/kpis", headers=auth(env.keys["kpi-a"]),
-                params=env.params(direction=direction)).json()
+    k = api.get(
+        "/api/v1/kpis", headers=auth(env.keys["kpi-a"]), params=env.params(direction=direction)
+    ).json()
     assert k["totals"]["attempts"] == len(items)
     assert k["filter"]["account"] == "kpi-a"
 
 
 def test_admin_sees_every_account(api, env: Env):
-    r = api.get("/api/v1/kpis", headers=auth(env.keys["admin"]),
-                params=env.params(direction="outbound", group_by="trunk"))
+    r = api.get(
+        "/api/v1/kpis",
+        headers=auth(env.keys["admin"]),
+        params=env.params(direction="outbound", group_by="trunk"),
+    )
     trunks = {g["key"] for g in r.json()["groups"]}
     assert {"KT1", "KT2", "KB1", "Outbound Trunk 1"} <= trunks
-    r = api.get("/api/v1/cdrs", headers=auth(env.keys["admin"]),
-                params=env.params(direction="outbound", account="kpi-b"))
+    r = api.get(
+        "/api/v1/cdrs",
+        headers=auth(env.keys["admin"]),
+        params=env.params(direction="outbound", account="kpi-b"),
+    )
     assert {c["id"] for c in r.json()["items"]} == {"fx-b1", "fx-b2"}
 
 
@@ -111,8 +128,12 @@ def test_scope_is_in_the_sql(env: Env, monkeypatch):
     monkeypatch.setattr(type(env.client), "query_row_block_stream", spy_stream)
     with TestClient(create_app(env.client, env.keys_path)) as api:
         for path in ENDPOINTS:
-            assert api.get(path, headers=auth(env.keys["kpi-a"]),
-                           params=env.params(direction="outbound")).status_code == 200
+            assert (
+                api.get(
+                    path, headers=auth(env.keys["kpi-a"]), params=env.params(direction="outbound")
+                ).status_code
+                == 200
+            )
     assert len(seen) >= 3
     for sql, params in seen:
         assert "account = {account:String}" in sql
@@ -154,8 +175,10 @@ def test_bad_keys_file_is_refused_at_start(tmp_path: Path):
 
 def test_apikey_cli(tmp_path: Path, capsys):
     path = tmp_path / "k.json"
-    assert api_cli(["apikey", "--keys", str(path), "create", "--account", "acc-7",
-                    "--label", "ops"]) == 0
+    assert (
+        api_cli(["apikey", "--keys", str(path), "create", "--account", "acc-7", "--label", "ops"])
+        == 0
+    )
     key = capsys.readouterr().out.strip()
     assert key.startswith("cdrp_") and len(key) > 40
     assert api_cli(["apikey", "create", "--admin", "--keys", str(path)]) == 0

@@ -54,41 +54,66 @@ def test_bad_filters_are_400(api, env: Env, path, params, says):
 
 @pytest.mark.parametrize("limit", ["0", "-1", "1001", "1e3", "ten", ""])
 def test_page_size_bounds(api, env: Env, limit):
-    r = api.get("/api/v1/cdrs", params=env.params(direction="outbound", limit=limit),
-                headers=auth(env.keys["admin"]))
+    r = api.get(
+        "/api/v1/cdrs",
+        params=env.params(direction="outbound", limit=limit),
+        headers=auth(env.keys["admin"]),
+    )
     assert r.status_code == 400
     assert "limit" in r.json()["message"]
 
 
 @pytest.mark.parametrize("limit", ["1", "1000"])
 def test_page_size_edges_are_fine(api, env: Env, limit):
-    r = api.get("/api/v1/cdrs", params=env.params(direction="outbound", limit=limit),
-                headers=auth(env.keys["admin"]))
+    r = api.get(
+        "/api/v1/cdrs",
+        params=env.params(direction="outbound", limit=limit),
+        headers=auth(env.keys["admin"]),
+    )
     assert r.status_code == 200
     assert len(r.json()["items"]) == int(limit)
 
 
 def test_exactly_62_days_is_fine(api, env: Env):
-    r = api.get("/api/v1/kpis", headers=auth(env.keys["admin"]), params={
-        "direction": "outbound", "from": iso(NOW - timedelta(days=62)), "to": iso(NOW)})
+    r = api.get(
+        "/api/v1/kpis",
+        headers=auth(env.keys["admin"]),
+        params={"direction": "outbound", "from": iso(NOW - timedelta(days=62)), "to": iso(NOW)},
+    )
     assert r.status_code == 200
 
 
 @pytest.mark.parametrize(
     "cursor",
-    ["nope", "!!!!", "MTIz", "YWJj", "MTIzNDU2Nzg5MC4=", "LTEuYWJj", "x" * 513,
-     "OTk5OTk5OTk5OTk5OTk5OTk5OTk5LmE", "Y3Vyc29y☎", "' OR 1=1 --"],
+    [
+        "nope",
+        "!!!!",
+        "MTIz",
+        "YWJj",
+        "MTIzNDU2Nzg5MC4=",
+        "LTEuYWJj",
+        "x" * 513,
+        "OTk5OTk5OTk5OTk5OTk5OTk5OTk5LmE",
+        "Y3Vyc29y☎",
+        "' OR 1=1 --",
+    ],
 )
 def test_bad_cursor_is_400(api, env: Env, cursor):
-    r = api.get("/api/v1/cdrs", params=env.params(direction="outbound", cursor=cursor),
-                headers=auth(env.keys["admin"]))
+    r = api.get(
+        "/api/v1/cdrs",
+        params=env.params(direction="outbound", cursor=cursor),
+        headers=auth(env.keys["admin"]),
+    )
     assert r.status_code == 400
     assert "cursor" in r.json()["message"]
 
 
 def test_bad_group_by_is_400(api, env: Env):
-    r = api.get("/api/v1/kpis", params=env.params(direction="outbound", group_by="account"),
-                headers=auth(env.keys["admin"]))
+    r = api.get(
+        "/api/v1/kpis",
+        params=env.params(direction="outbound", group_by="account"),
+        headers=auth(env.keys["admin"]),
+    )
     assert r.status_code == 400 and "group_by" in r.json()["message"]
 
 

@@ -38,7 +38,7 @@ CORPUS = [
     "Ü\u0308ñ",
     "\uffff",
     "44" * 128,  # exactly the 256-character limit
-    "=HYPERLINK(\"http://x.invalid\")",
+    '=HYPERLINK("http://x.invalid")',
     "@SUM(1+1)",
     "-1",
     "+44",
@@ -51,9 +51,18 @@ CORPUS = [
     "%",
     "_",
 ]
-PARAMS = ["account", "source", "destination", "from", "to", "cursor", "type", "status",
-          "rated", "group_by", "limit"]
 ENDPOINTS = ["/api/v1/cdrs", "/api/v1/cdrs.csv", "/api/v1/kpis"]
+# Text filters reach the SQL of all three endpoints; the other parameters are parsed the same
+# way everywhere, so one endpoint that uses each is enough.
+CASES = [
+    *[(param, path) for param in ("account", "source", "destination") for path in ENDPOINTS],
+    *[
+        (param, "/api/v1/kpis")
+        for param in ("from", "to", "type", "status", "rated", "timed_out", "group_by")
+    ],
+    ("cursor", "/api/v1/cdrs"),
+    ("limit", "/api/v1/cdrs"),
+]
 
 
 def check(r, env: Env, param: str, who: str) -> None:
@@ -79,11 +88,13 @@ def check(r, env: Env, param: str, who: str) -> None:
 
 
 @pytest.mark.parametrize("who", ["kpi-a", "admin"])
-@pytest.mark.parametrize("path", ENDPOINTS)
-@pytest.mark.parametrize("param", PARAMS)
-def test_corpus(api, env: Env, who, path, param):
+@pytest.mark.parametrize(("param", "path"), CASES)
+def test_corpus(api, env: Env, who, param, path):
+    # admin: kept to kpi-a's rows too (unless the account is the parameter under test), so that
+    # the ignored-parameter cases do not export the whole store forty times
+    base = {"direction": "outbound", "account": "kpi-a" if who == "admin" else None}
     for value in CORPUS:
-        params = env.params(direction="outbound", **{param: value})
+        params = env.params(**{**base, param: value})
         r = api.get(path, params=params, headers=auth(env.keys[who]))
         check(r, env, param, who)
 
@@ -91,8 +102,11 @@ def test_corpus(api, env: Env, who, path, param):
 @pytest.mark.parametrize("value", ["x" * 10_000, "☎" * 5_000, "'" * 20_000])
 @pytest.mark.parametrize("param", ["account", "source", "destination", "cursor", "from"])
 def test_very_long_values_are_400(api, env: Env, param, value):
-    r = api.get("/api/v1/cdrs", params=env.params(direction="outbound", **{param: value}),
-                headers=auth(env.keys["kpi-a"]))
+    r = api.get(
+        "/api/v1/cdrs",
+        params=env.params(direction="outbound", **{param: value}),
+        headers=auth(env.keys["kpi-a"]),
+    )
     assert r.status_code == 400
 
 

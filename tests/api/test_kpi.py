@@ -23,12 +23,34 @@ from tests.api.conftest import Env, auth
 from tests.api.dataset import days
 
 
-def row(key, attempts, answered, asr, acd, ner, seconds, minutes, billed, billed_min, charged,
-        unrated, timed_out) -> dict:
+def row(
+    key,
+    attempts,
+    answered,
+    asr,
+    acd,
+    ner,
+    seconds,
+    minutes,
+    billed,
+    billed_min,
+    charged,
+    unrated,
+    timed_out,
+) -> dict:
     return {
-        "key": key, "attempts": attempts, "answered": answered, "asr_pct": asr, "acd_s": acd,
-        "ner_pct": ner, "seconds": seconds, "minutes": minutes, "billed_seconds": billed,
-        "billed_minutes": billed_min, "charged": charged, "unrated": unrated,
+        "key": key,
+        "attempts": attempts,
+        "answered": answered,
+        "asr_pct": asr,
+        "acd_s": acd,
+        "ner_pct": ner,
+        "seconds": seconds,
+        "minutes": minutes,
+        "billed_seconds": billed,
+        "billed_minutes": billed_min,
+        "charged": charged,
+        "unrated": unrated,
         "timed_out": timed_out,
     }
 
@@ -124,8 +146,9 @@ def test_inbound(api, env: Env):
 
 
 def test_empty_selection(api, env: Env):
-    body = get(api, env, direction="outbound", status="answered", type="Origin based",
-               group_by="day")
+    body = get(
+        api, env, direction="outbound", status="answered", type="Origin based", group_by="day"
+    )
     assert body["groups"] == []
     assert body["totals"] == row("", 0, 0, None, None, None, 0, 0.0, 0, 0.0, "0.000000", 0, 0)
 
@@ -142,8 +165,9 @@ def test_other_accounts_are_not_counted(api, env: Env):
 def test_groups_add_up_to_totals(env: Env, group_by):
     """Over real (simulated) traffic every group_by gives the same totals."""
     d1, _ = days()
-    flt = CdrFilter(direction="outbound", time_from=env.window[0], time_to=env.window[1],
-                    account="acc-1002")
+    flt = CdrFilter(
+        direction="outbound", time_from=env.window[0], time_to=env.window[1], account="acc-1002"
+    )
     report = kpis(env.client, flt, group_by)
     reference = kpis(env.client, flt, "none").totals
     assert report.totals == reference
