@@ -78,7 +78,6 @@ class Pipeline:
         if dead:
             raise RuntimeError(f"pipeline processes exited: {dead}; see logs in {self.log_dir}")
 
-
     def wait_stored(self, *, timeout_s: float, settle_s: float = 3.0) -> dict[str, int]:
         """Wait until workers consumed every input and the sink stored every CDR record;
         raises as soon as one of the processes dies."""
@@ -113,15 +112,22 @@ def run_demo(
 
     print(f"2/5 starting {workers} worker(s) and the store sink...")
     # Short deadlines so that never-ending calls and orphans close within the demo.
-    env = {"CDRPIPE_MAX_CALL_S": "900", "CDRPIPE_ORPHAN_WAIT_S": "60"}
+    env = {"CDRPIPE_MAX_CALL_S": "120", "CDRPIPE_ORPHAN_WAIT_S": "30"}
     pipeline = Pipeline(kafka.bootstrap, store, out_dir / "logs", workers, env)
     pipeline.start()
     try:
         now = datetime.now(UTC).replace(second=0, microsecond=0)
         seed = int(time.time())
         cfg = SimConfig(
-            calls=calls, seed=seed, config_dir=str(config.config_dir()), start=now,
-            reorder=0.02, duplicate=0.02, late=0.01, orphan=0.005, never_ending=0.005,
+            calls=calls,
+            seed=seed,
+            config_dir=str(config.config_dir()),
+            start=now,
+            reorder=0.02,
+            duplicate=0.02,
+            late=0.01,
+            orphan=0.005,
+            never_ending=0.005,
             malformed=0.005,
         )
         print(f"3/5 simulating {calls} calls (seed {seed}) into Kafka...")
@@ -152,16 +158,26 @@ def run_demo(
     stored = sum(t.count for t in summary.values())
     exp = sim.expected
     print()
-    print(f"calls simulated        {exp['calls']} ({exp['outbound']} outbound, "
-          f"{exp['inbound']} inbound with a start)")
+    print(
+        f"calls simulated        {exp['calls']} ({exp['outbound']} outbound, "
+        f"{exp['inbound']} inbound with a start)"
+    )
     print(f"messages produced      {sent['messages']}")
-    print(f"CDRs stored            {stored} (expected {exp['outbound'] + exp['inbound']})")
+    with_start = exp["outbound"] + exp["inbound"]
+    print(
+        f"CDRs stored            {stored} of {with_start} calls with a start "
+        f"({with_start - stored} still open: never-ending calls before their deadline)"
+    )
     print(f"  unrated              {sum(t.unrated for t in summary.values())}")
     print(f"  timed out            {sum(t.timed_out for t in summary.values())}")
-    print(f"dead-lettered          {dlq} (malformed {exp['malformed_messages']}, "
-          f"orphan messages {exp['orphan_messages']})")
-    print(f"throughput             {sent['messages'] / elapsed:,.0f} events/s end to end "
-          f"({elapsed:.1f}s until stored; lag {lags})")
+    print(
+        f"dead-lettered          {dlq} (injected: malformed {exp['malformed_messages']}, "
+        f"orphan messages {exp['orphan_messages']}; orphans go once their wait has passed)"
+    )
+    print(
+        f"throughput             {sent['messages'] / elapsed:,.0f} events/s end to end "
+        f"({elapsed:.1f}s until stored; lag {lags})"
+    )
     print(f"logs                   {pipeline.log_dir}")
     print("the broker keeps running: `cdrpipe kafka stop` stops it")
     return 0
