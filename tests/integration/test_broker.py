@@ -7,7 +7,6 @@ needs nor disturbs a developer's broker on 9092.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from pipeline.kafka.topics import (
     delete_topics,
     ensure_topics,
 )
+from tests.integration.conftest import free_ports
 
 PARTITIONS = 3
 GROUP = "test-broker"
@@ -38,21 +38,9 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, timeout=30))
 
 
-def _free_ports(count: int) -> list[int]:
-    """Distinct ports the OS just had free (held open together so they cannot repeat)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
 @pytest.fixture
 def kafka(tmp_path: Path) -> Iterator[LocalKafka]:
-    port, controller_port = _free_ports(2)
+    port, controller_port = free_ports(2)
     broker = LocalKafka(data_dir=tmp_path / "kafka", port=port, controller_port=controller_port)
     try:
         yield broker
