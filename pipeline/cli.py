@@ -18,6 +18,16 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_metrics(p: argparse.ArgumentParser, variable: str) -> None:
+    default = config.env(variable, "")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(default) if default else None,
+        help=f"serve Prometheus /metrics on 127.0.0.1:PORT (default ${variable}, else off)",
+    )
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -118,6 +128,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         partitions=args.partitions,
         idle_after=args.idle_after,
         web_port=args.web_port,
+        metrics_port=args.metrics_port,
     )
     return 0
 
@@ -125,11 +136,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_sink(args: argparse.Namespace) -> int:
     import logging
 
+    from pipeline.metrics import JsonFormatter
     from pipeline.stream.sink import run_sink
 
-    logging.basicConfig(level=config.env("CDRPIPE_LOGLEVEL", "WARNING").upper())
+    handler = logging.StreamHandler()
+    if config.env("CDRPIPE_LOG_JSON", "") in ("1", "true", "yes"):
+        handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=config.env("CDRPIPE_LOGLEVEL", "WARNING").upper(), handlers=[handler])
     stats = run_sink(
         args.store,
+        metrics_port=args.metrics_port,
         bootstrap=args.bootstrap,
         batch_size=args.batch_size,
         max_wait_s=args.max_wait,
@@ -211,12 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default $CDRPIPE_IDLE_AFTER_S or 5)",
     )
     p.add_argument("--web-port", type=int, default=None, help="enable Faust's web on 127.0.0.1")
+    _add_metrics(p, "CDRPIPE_METRICS_PORT")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("sink", help="run the store sink (cdr.records -> ClickHouse)")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--max-wait", type=float, default=1.0, help="max seconds a batch waits")
+    _add_metrics(p, "CDRPIPE_SINK_METRICS_PORT")
     _add_store(p)
     p.set_defaults(func=cmd_sink)
 

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 import orjson
 
-from pipeline import config
+from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
 from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
@@ -216,13 +216,18 @@ def create_app(
             msg = event.message
             if msg.topic == TOPIC_TICKS:
                 outcome = runtime.on_tick(msg.partition)
+                metrics.record_products(outcome)
             else:
                 outcome = runtime.on_message(event.value, msg.topic, msg.partition, msg.offset)
+                metrics.record_outcome(msg.topic, outcome)
             if outcome.cdrs or outcome.dead:
                 await publish(outcome, msg.key)
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
+        # Calls touched since the last rebalance (decoding the whole table each second would
+        # cost more than the gauge is worth).
+        metrics.OPEN_CALLS.set(sum(1 for s in runtime.states.cache.values() if not s.complete))
         stamp = orjson.dumps({"wall": datetime.now(UTC).isoformat()})
         for p in sorted(runtime.assigned):
             await ticks.send(key=b"tick", value=stamp, partition=p)
@@ -242,8 +247,9 @@ def create_app(
     return app
 
 
-def run_worker(**kwargs: Any) -> None:
+def run_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:
     """Run one worker process until it is stopped (SIGTERM/SIGINT)."""
     app = create_app(**kwargs)
+    metrics.serve(metrics_port)
     worker = faust.Worker(app, loglevel=config.env("CDRPIPE_LOGLEVEL", "warning"), quiet=True)
     worker.execute_from_commandline()

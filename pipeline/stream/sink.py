@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
-from pipeline import config
+from pipeline import config, metrics
 from pipeline.core.model import CDR
 from pipeline.kafka.topics import TOPIC_CDR
 from pipeline.stream.codec import cdr_from_bytes
@@ -60,6 +60,7 @@ class Sink:
         self.max_backoff_s = max_backoff_s
         self.stats = SinkStats()
         self._stopping = asyncio.Event()
+        self._next: dict[object, int] = {}  # next offset to consume, per partition
 
     def stop(self) -> None:
         self._stopping.set()
@@ -80,13 +81,16 @@ class Sink:
         try:
             while not self._stopping.is_set():
                 polled = await consumer.getmany(timeout_ms=200, max_records=self.batch_size)
-                for messages in polled.values():
+                for tp, messages in polled.items():
+                    if messages:
+                        self._next[tp] = messages[-1].offset + 1
                     for msg in messages:
                         cdr = cdr_from_bytes(msg.value)
                         old = pending.get(cdr.id)
                         if old is None or cdr.revision >= old.revision:
                             pending[cdr.id] = cdr
                         self.stats.records += 1
+                self._report_lag(consumer)
                 if pending and first_at is None:
                     first_at = time.monotonic()
                 due = first_at is not None and time.monotonic() - first_at >= self.max_wait_s
@@ -98,6 +102,14 @@ class Sink:
         finally:
             await consumer.stop()
 
+    def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        lag = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is not None and tp in self._next:
+                lag += max(0, high - self._next[tp])
+        metrics.LAG.labels(TOPIC_CDR).set(lag)
+
     async def _flush(self, consumer: AIOKafkaConsumer, pending: dict[str, CDR]) -> None:
         rows = list(pending.values())
         backoff = 0.1
@@ -108,12 +120,15 @@ class Sink:
                 break
             except Exception as exc:  # the store is down or refusing: keep the rows, retry
                 self.stats.failures += 1
+                metrics.SINK_FAILURES.inc()
                 log.warning(
                     "store write of %d rows failed (%s); retrying in %.1fs", len(rows), exc, backoff
                 )
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
         elapsed = time.perf_counter() - started
+        metrics.SINK_BATCH.observe(len(rows))
+        metrics.SINK_INSERT.observe(elapsed)
         await consumer.commit()
         pending.clear()
         self.stats.rows_written += len(rows)
@@ -122,8 +137,11 @@ class Sink:
         log.info("stored %d CDRs in %.3fs", len(rows), elapsed)
 
 
-def run_sink(store: str | None = None, **kwargs: object) -> SinkStats:
+def run_sink(
+    store: str | None = None, *, metrics_port: int | None = None, **kwargs: object
+) -> SinkStats:
     """Run a sink into the store at `store` until SIGTERM/SIGINT; returns its stats."""
+    metrics.serve(metrics_port)
     from pipeline.store.client import connect
     from pipeline.store.writer import CdrWriter
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -24,20 +25,38 @@ from pipeline.simulate import SimConfig, generate, produce, write_jsonl
 from pipeline.store.client import connect
 from pipeline.store.writer import CdrWriter
 
-from .conftest import PARTITIONS, dump_store
+from .conftest import PARTITIONS, dump_store, free_ports
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
 
 
-def run_stream(broker, tmp_path: Path, sim, *, workers: int = 1, env: dict | None = None) -> str:
+def run_stream(
+    broker,
+    tmp_path: Path,
+    sim,
+    *,
+    workers: int = 1,
+    env: dict | None = None,
+    scrape: dict[str, str] | None = None,
+) -> str:
+    """Stream `sim` through worker(s) + sink; with `scrape`, their /metrics pages are read
+    into it (keys "worker", "sink") once everything is stored."""
     store = f"chdb://{tmp_path / 'stream-store'}"
     env = {"CDRPIPE_DATA": str(tmp_path / "data"), "CDRPIPE_CONFIG": str(CONFIG), **(env or {})}
+    ports = {}
+    if scrape is not None:
+        ports = dict(zip(("worker", "sink"), free_ports(2), strict=True))
+        env["CDRPIPE_METRICS_PORT"] = str(ports["worker"])
+        env["CDRPIPE_SINK_METRICS_PORT"] = str(ports["sink"])
     pipeline = Pipeline(broker.bootstrap, store, tmp_path / "logs", workers, env)
     pipeline.start()
     try:
         asyncio.run(produce(sim.messages, broker.bootstrap))
         lags = pipeline.wait_stored(timeout_s=300, settle_s=4)
         pipeline.check_alive()
+        for name, port in ports.items():
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                scrape[name] = r.read().decode()  # type: ignore[index]
     finally:
         pipeline.stop()
     assert all(v == 0 for v in lags.values()), lags
@@ -149,7 +168,8 @@ def test_bad_messages_go_to_dlq_and_deadlines_close_calls(broker, tmp_path):
         "CDRPIPE_ORPHAN_WAIT_S": "60",
         "CDRPIPE_IDLE_AFTER_S": "100000",
     }  # event time only: exactly like replay
-    stream_store = run_stream(broker, tmp_path, sim, env=deadlines)
+    scraped: dict[str, str] = {}
+    stream_store = run_stream(broker, tmp_path, sim, env=deadlines, scrape=scraped)
     settings = Settings(max_call_duration=timedelta(seconds=300), orphan_wait=timedelta(seconds=60))
     replay_store, summary = run_replay(tmp_path, sim, settings)
     stream, replay = dump_store(stream_store), dump_store(replay_store)
@@ -175,6 +195,33 @@ def test_bad_messages_go_to_dlq_and_deadlines_close_calls(broker, tmp_path):
     assert orphans == summary.dlq_by_kind.get("orphan", 0)
     assert exp["orphan_messages"] // 2 < orphans <= exp["orphan_messages"]
     assert len(dead) == orphans + len(invalid)
+
+    # the metrics endpoints of worker and sink tell the same story
+    worker, sink = metric_values(scraped["worker"]), metric_values(scraped["sink"])
+    assert sum(v for k, v in worker.items() if k.startswith("cdrpipe_events_total")) == len(
+        sim.messages
+    )
+    assert worker['cdrpipe_dlq_total{reason="invalid"}'] == len(invalid)
+    assert worker['cdrpipe_dlq_total{reason="orphan"}'] == orphans
+    assert worker["cdrpipe_orphans_total"] == orphans
+    assert worker["cdrpipe_timeouts_total"] >= len(timed_out)
+    assert worker["cdrpipe_cdrs_total"] >= len(stream)
+    assert worker["cdrpipe_unrated_total"] >= sum(not c.rated for c in stream.values()) > 0
+    assert worker["cdrpipe_cdr_emit_latency_seconds_count"] == worker["cdrpipe_cdrs_total"]
+    assert "cdrpipe_open_calls" in worker
+    assert sink["cdrpipe_sink_batch_rows_sum"] >= len(stream)
+    assert sink["cdrpipe_sink_insert_seconds_count"] == sink["cdrpipe_sink_batch_rows_count"] > 0
+    assert sink['cdrpipe_consumer_lag{topic="cdr.records"}'] == 0
+
+
+def metric_values(text: str) -> dict[str, float]:
+    """Prometheus text format -> {'name{labels}': value} (comments dropped)."""
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
 
 
 def test_idle_partitions_follow_the_wall_clock(broker, tmp_path):

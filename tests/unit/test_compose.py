@@ -366,3 +366,27 @@ def test_topics_job_uses_the_pipeline_partition_count(compose: dict[str, Any]) -
     partitions = cmd[cmd.index("--partitions") + 1]
     for name in ("worker", "topics"):
         assert env_of(compose["services"][name])["CDRPIPE_PARTITIONS"] == partitions
+
+
+def test_grafana_dashboard_queries_only_metrics_the_code_defines():
+    import json
+    import re
+
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from pipeline import metrics
+
+    names = {
+        collected.name
+        for value in vars(metrics).values()
+        if isinstance(value, MetricWrapperBase)
+        for collected in value.describe()
+    }
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "cdrpipe-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {
+        re.sub(r"_(total|bucket|sum|count)$", "", m)
+        for e in exprs
+        for m in re.findall(r"cdrpipe_[a-z_]+", e)
+    }
+    assert used and used <= names, used - names
