@@ -27,6 +27,8 @@ from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from pipeline.config import data_dir
+
 __all__ = [
     "COLUMNS",
     "SCHEMA_PATH",
@@ -100,11 +102,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 class StoreError(Exception):
     """The store cannot be opened or used (bad DSN, locked directory, schema drift, ...)."""
-
-
-def data_dir() -> Path:
-    """The project data directory: ``$CDRPIPE_DATA`` or ``./data``, made absolute."""
-    return Path(os.environ.get("CDRPIPE_DATA") or "data").expanduser().resolve()
 
 
 def default_dsn() -> str:
