@@ -182,6 +182,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from pipeline.chaos import main as chaos_main
+
+    return chaos_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cdrpipe", description="SIP call events -> rated CDRs in ClickHouse"
@@ -271,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out"), help="where CSVs and logs go")
     _add_store(p)
     p.set_defaults(func=cmd_demo)
+
+    from pipeline.chaos import build_parser as chaos_parser
+
+    p = sub.add_parser(
+        "chaos", help="reliability suite: kills, broker restart, store outage; checks vs replay"
+    )
+    chaos_parser(p)
+    p.set_defaults(func=cmd_chaos)
     return parser
 
 

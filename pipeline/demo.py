@@ -32,27 +32,31 @@ class Pipeline:
     env: dict[str, str] = field(default_factory=dict)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
-    def _spawn(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, *args: str, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log = (self.log_dir / f"{name}.log").open("ab")
-        env = {**os.environ, "CDRPIPE_KAFKA": self.bootstrap, **self.env}
+        env = {**os.environ, "CDRPIPE_KAFKA": self.bootstrap, **self.env, **(env or {})}
         if self.store:
             env["CDRPIPE_STORE"] = self.store
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-        )
+        with (self.log_dir / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.cli", *args],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
         self.procs[name] = proc
         return proc
 
-    def start_worker(self, index: int) -> subprocess.Popen[bytes]:
-        return self._spawn(f"worker{index}", "worker", "--name", f"worker{index}")
+    def start_worker(
+        self, index: int, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        return self._spawn(f"worker{index}", "worker", "--name", f"worker{index}", env=env)
 
-    def start_sink(self) -> subprocess.Popen[bytes]:
-        return self._spawn("sink", "sink")
+    def start_sink(self, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return self._spawn("sink", "sink", env=env)
 
     def start(self) -> None:
         self.start_sink()

@@ -22,6 +22,8 @@ TIMEOUTS = Counter("cdrpipe_timeouts", "Calls closed as timed out")
 ORPHANS = Counter("cdrpipe_orphans", "Orphan messages dead-lettered")
 UNRATED = Counter("cdrpipe_unrated", "CDR versions emitted without a rate")
 OPEN_CALLS = Gauge("cdrpipe_open_calls", "Calls waiting for an event in this worker")
+ASSIGNED = Gauge("cdrpipe_assigned_partitions", "Input partitions owned (after recovery)")
+RESENT = Counter("cdrpipe_resent", "CDRs and dead letters sent again after a recovery")
 EMIT_LATENCY = Histogram(
     "cdrpipe_cdr_emit_latency_seconds",
     "Wall time from the gateway timestamp of a call's last event to the CDR's emission",

@@ -226,8 +226,15 @@ class SimConfig:
             raise ValueError("calls must be >= 0")
         if self.call_rate <= 0:
             raise ValueError("call_rate must be > 0")
-        for name in ("outbound_share", "unknown_trunk", "reorder", "duplicate", "late",
-                     "orphan", "never_ending"):
+        for name in (
+            "outbound_share",
+            "unknown_trunk",
+            "reorder",
+            "duplicate",
+            "late",
+            "orphan",
+            "never_ending",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1, got {value}")
@@ -362,9 +369,9 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
         picked = rng.sample(complete, n_reorder + n_dup + n_late)
         for i in picked[:n_reorder]:
             role[i] = 3
-        for i in picked[n_reorder:n_reorder + n_dup]:
+        for i in picked[n_reorder : n_reorder + n_dup]:
             role[i] = 4
-        for i in picked[n_reorder + n_dup:]:
+        for i in picked[n_reorder + n_dup :]:
             role[i] = 5
     n_malformed = cfg.count(cfg.malformed)
     malformed_at: dict[int, list[str]] = {}
@@ -410,8 +417,21 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
     push, pop = heapq.heappush, heapq.heappop
     seq = 0
     stats = dict.fromkeys(
-        ("inbound", "outbound", "answered", "busy", "no_answer", "cancelled", "failed",
-         "orphan_messages", "reordered_calls", "unknown_trunk", "messages"), 0)
+        (
+            "inbound",
+            "outbound",
+            "answered",
+            "busy",
+            "no_answer",
+            "cancelled",
+            "failed",
+            "orphan_messages",
+            "reordered_calls",
+            "unknown_trunk",
+            "messages",
+        ),
+        0,
+    )
     t_us = _epoch_us(cfg.start)
     mean_gap_us = _US / cfg.call_rate
     step = 1000 if n > 1000 else 1
@@ -438,8 +458,10 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
         if outbound:
             start["direction"] = "outbound"
             if random_() < cfg.unknown_trunk:
-                trunk = {"trunk": _UNKNOWN_TRUNKS[int(random_() * 2)],
-                         "account": accounts[int(random_() * len(accounts))]}
+                trunk = {
+                    "trunk": _UNKNOWN_TRUNKS[int(random_() * 2)],
+                    "account": accounts[int(random_() * len(accounts))],
+                }
                 unknown_trunk = True
             else:
                 trunk = known[int(random_() * len(known))]
@@ -489,9 +511,14 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
         t_start = t_us - t_us % quantum
         t_end -= t_end % quantum
         start["ts"] = stamp(t_start, precision)
-        end = {"event": "end", "id": call_id, "ts": stamp(t_end, precision),
-               "disconnect_code": code, "disconnect_reason": reason,
-               "disconnect_initiator": initiator}
+        end = {
+            "event": "end",
+            "id": call_id,
+            "ts": stamp(t_end, precision),
+            "disconnect_code": code,
+            "disconnect_reason": reason,
+            "disconnect_initiator": initiator,
+        }
         # (emission key, event time, message); events listed in time order.
         events: list[list[Any]] = []
         r_role = role[i]
@@ -522,8 +549,9 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
         elif r_role == 4:
             k = int(random_() * len(events))
             ev = events[k]
-            events.append([ev[0] + int(uniform(0.5, 60.0) * _US), ev[1],
-                           ev[2]._replace(tag="duplicate")])
+            events.append(
+                [ev[0] + int(uniform(0.5, 60.0) * _US), ev[1], ev[2]._replace(tag="duplicate")]
+            )
         elif r_role == 5:
             # The end, or for an answered call half the time the connect.
             k = 1 if len(events) == 3 and random_() < 0.5 else len(events) - 1
@@ -539,9 +567,14 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
         for kind in malformed_at.get(i, ()):
             topic, value = _malformed(kind, rng, start, end, t_start)
             seq += 1
-            push(heap, (t_start + int(uniform(0.0, 2.0) * _US), seq,
-                        SimMessage(topic, _malformed_key(value, key, kind), value,
-                                   f"malformed:{kind}")))
+            push(
+                heap,
+                (
+                    t_start + int(uniform(0.0, 2.0) * _US),
+                    seq,
+                    SimMessage(topic, _malformed_key(value, key, kind), value, f"malformed:{kind}"),
+                ),
+            )
 
     while heap:
         yield pop(heap)[2]
@@ -603,7 +636,7 @@ def _malformed(
     if kind == "not_json":
         garbage = (
             b"this is not json",
-            b"<event type=\"start\"/>",
+            b'<event type="start"/>',
             b"\x00\x01\x02\x03 \x7f binary",
             b"event=start;id=" + start["id"].encode(),
         )
@@ -621,8 +654,9 @@ def _malformed(
                 options += ("trunk",)
             drop = options[int(rng.random() * len(options))]
         else:
-            drop = ("disconnect_code", "disconnect_reason", "disconnect_initiator",
-                    "ts", "id")[int(rng.random() * 5)]
+            drop = ("disconnect_code", "disconnect_reason", "disconnect_initiator", "ts", "id")[
+                int(rng.random() * 5)
+            ]
         return topic, dumps({k: v for k, v in base.items() if k != drop})
     if kind == "invalid_enum":
         if base is start:
@@ -644,7 +678,8 @@ def _malformed(
         return TOPIC_START, dumps(start).replace(gw, gw + b"\xc3\x28\xff", 1)
     if kind == "nan_literal":
         return TOPIC_END, dumps({**end, "disconnect_code": 0}).replace(
-            b'"disconnect_code":0', b'"disconnect_code":NaN', 1)
+            b'"disconnect_code":0', b'"disconnect_code":NaN', 1
+        )
     if kind == "naive_ts":
         naive = datetime(1970, 1, 1) + timedelta(microseconds=t_start)
         return TOPIC_START, dumps({**start, "ts": naive.isoformat(timespec="milliseconds")})
@@ -871,26 +906,48 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     d = SimConfig()
     parser.add_argument("--calls", type=int, default=d.calls, help="call attempts (%(default)s)")
     parser.add_argument("--seed", type=int, default=d.seed, help="random seed (%(default)s)")
-    parser.add_argument("--config", default=str(d.config_dir),
-                        help="reference data dir with trunks.csv and dids.csv (%(default)s)")
+    parser.add_argument(
+        "--config",
+        default=str(d.config_dir),
+        help="reference data dir with trunks.csv and dids.csv (%(default)s)",
+    )
     parser.add_argument("-o", "--output", help="JSON Lines file to write ('-' = stdout)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
-    parser.add_argument("--rate", type=float,
-                        help="Kafka send rate in messages/s (default: as fast as possible)")
-    parser.add_argument("--acks", default="all", choices=("all", "1", "0"),
-                        help="producer acks (%(default)s)")
-    parser.add_argument("--start", type=_start,
-                        help="simulated time of the first call, ISO 8601 (default: now, UTC, "
-                        "to the minute)")
-    parser.add_argument("--call-rate", type=float, default=d.call_rate,
-                        help="simulated call attempts per second of event time (%(default)s)")
-    parser.add_argument("--outbound-share", type=_fraction, default=d.outbound_share,
-                        help="share of outbound calls (%(default)s)")
-    parser.add_argument("--outcomes", type=_outcome_mix, default=d.outcome_mix,
-                        help="outcome weights, e.g. answered=0.55,busy=0.1,no-answer=0.1,"
-                        "cancelled=0.1,failed=0.15 (the default)")
-    parser.add_argument("--id-tag", help="text between gateway and counter in call ids "
-                        "(default: s<seed>-; '' for ids like gw-fra1-000000001)")
+    parser.add_argument(
+        "--rate", type=float, help="Kafka send rate in messages/s (default: as fast as possible)"
+    )
+    parser.add_argument(
+        "--acks", default="all", choices=("all", "1", "0"), help="producer acks (%(default)s)"
+    )
+    parser.add_argument(
+        "--start",
+        type=_start,
+        help="simulated time of the first call, ISO 8601 (default: now, UTC, to the minute)",
+    )
+    parser.add_argument(
+        "--call-rate",
+        type=float,
+        default=d.call_rate,
+        help="simulated call attempts per second of event time (%(default)s)",
+    )
+    parser.add_argument(
+        "--outbound-share",
+        type=_fraction,
+        default=d.outbound_share,
+        help="share of outbound calls (%(default)s)",
+    )
+    parser.add_argument(
+        "--outcomes",
+        type=_outcome_mix,
+        default=d.outcome_mix,
+        help="outcome weights, e.g. answered=0.55,busy=0.1,no-answer=0.1,"
+        "cancelled=0.1,failed=0.15 (the default)",
+    )
+    parser.add_argument(
+        "--id-tag",
+        help="text between gateway and counter in call ids "
+        "(default: s<seed>-; '' for ids like gw-fra1-000000001)",
+    )
     for name, what in (
         ("reorder", "calls with one event held back behind a later one"),
         ("duplicate", "calls with one event re-sent (identical bytes)"),
@@ -899,8 +956,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         ("never-ending", "calls without an end"),
         ("malformed", "invalid extra messages, as a fraction of calls"),
     ):
-        parser.add_argument(f"--{name}", type=float if name == "malformed" else _fraction,
-                            default=0.0, help=f"fraction: {what} (0)")
+        parser.add_argument(
+            f"--{name}",
+            type=float if name == "malformed" else _fraction,
+            default=0.0,
+            help=f"fraction: {what} (0)",
+        )
     return parser
 
 
@@ -908,11 +969,20 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The ``SimConfig`` described by parsed command-line arguments."""
     start = args.start or datetime.now(UTC).replace(second=0, microsecond=0)
     return SimConfig(
-        calls=args.calls, seed=args.seed, config_dir=Path(args.config), start=start,
-        call_rate=args.call_rate, outbound_share=args.outbound_share,
-        outcome_mix=tuple(args.outcomes), reorder=args.reorder, duplicate=args.duplicate,
-        late=args.late, orphan=args.orphan, never_ending=args.never_ending,
-        malformed=args.malformed, id_tag=args.id_tag,
+        calls=args.calls,
+        seed=args.seed,
+        config_dir=Path(args.config),
+        start=start,
+        call_rate=args.call_rate,
+        outbound_share=args.outbound_share,
+        outcome_mix=tuple(args.outcomes),
+        reorder=args.reorder,
+        duplicate=args.duplicate,
+        late=args.late,
+        orphan=args.orphan,
+        never_ending=args.never_ending,
+        malformed=args.malformed,
+        id_tag=args.id_tag,
     )
 
 
@@ -931,8 +1001,11 @@ def run(args: argparse.Namespace) -> int:
     gen_s = time.perf_counter() - began
     # With the events on stdout, the summary goes to stderr.
     out = sys.stderr if args.output == "-" else sys.stdout
-    print(f"generated {len(sim.messages)} messages for {cfg.calls} calls in {gen_s:.2f} s "
-          f"(seed {cfg.seed}, start {cfg.start.isoformat()})", file=out)
+    print(
+        f"generated {len(sim.messages)} messages for {cfg.calls} calls in {gen_s:.2f} s "
+        f"(seed {cfg.seed}, start {cfg.start.isoformat()})",
+        file=out,
+    )
     if args.output:
         lines = write_jsonl(sim.messages, args.output)
         print(f"wrote {lines} lines to {args.output}", file=out)
@@ -943,8 +1016,11 @@ def run(args: argparse.Namespace) -> int:
         except Exception as exc:  # any broker failure: report it plainly, exit 1
             print(f"simulate: producing to {args.bootstrap} failed: {exc!r}", file=sys.stderr)
             return 1
-        print(f"produced {result['messages']} messages in {result['elapsed_s']} s "
-              f"({result['rate']}/s): {result['by_topic']}", file=out)
+        print(
+            f"produced {result['messages']} messages in {result['elapsed_s']} s "
+            f"({result['rate']}/s): {result['by_topic']}",
+            file=out,
+        )
     print("expected: " + " ".join(f"{k}={v}" for k, v in sim.expected.items()), file=out)
     return 0
 

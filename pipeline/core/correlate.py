@@ -20,6 +20,12 @@ the same decisions whatever the number of workers.
 `Correlator` holds no I/O: it reads and writes states through a
 `MutableMapping` (a dict offline, a Faust table when streaming) and returns
 `Action`s for the caller to carry out (emit a CDR, dead-letter a message).
+
+Every state that produced output remembers the message whose processing
+produced it (`trigger`), and an orphaned call stays as a tombstone until it
+is forgotten: a streaming worker that crashed after its table write became
+durable but before its output did can then tell, after recovery, which
+outputs may be missing (`Correlator.outputs`) and send them again.
 """
 
 from __future__ import annotations
@@ -69,6 +75,8 @@ class CallState:
     end: Held | None = None
     timed_out_at: datetime | None = None
     revision: int = 0  # CDR versions emitted so far
+    orphaned_at: datetime | None = None  # dead-lettered as an orphan: a tombstone, no call
+    trigger: Source | None = None  # the message whose processing produced the last output
 
     def held(self) -> list[Held]:
         return [h for h in (self.start, self.connect, self.end) if h is not None]
@@ -77,6 +85,11 @@ class CallState:
     def complete(self) -> bool:
         """A CDR exists for the call (ended, or closed as timed out)."""
         return self.start is not None and (self.end is not None or self.timed_out_at is not None)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing more is awaited: a CDR exists, or the call was dead-lettered as an orphan."""
+        return self.complete or self.orphaned_at is not None
 
     def last_ts(self) -> datetime:
         times = [h.event.ts for h in self.held()]
@@ -89,6 +102,8 @@ class CallState:
 
     def deadline(self, settings: Settings) -> tuple[datetime, DeadlineKind]:
         """When this call next needs attention on event time, and why."""
+        if self.orphaned_at is not None:
+            return self.orphaned_at + settings.memory, "forget"
         if self.start is None:
             return self.first_ts() + settings.orphan_wait, "orphan"
         if self.complete:
@@ -164,7 +179,12 @@ def merge(state: CallState | None, held: Held) -> tuple[CallState, bool]:
         connect = held
     else:
         end = held
-    return CallState(state.id, start, connect, end, state.timed_out_at, state.revision), True
+    new = CallState(state.id, start, connect, end, state.timed_out_at, state.revision)
+    return new, True
+
+
+def orphan_reason(call_id: str, settings: Settings) -> str:
+    return f"orphan: no start event for call {call_id} within {settings.orphan_wait}"
 
 
 class Correlator:
@@ -205,6 +225,8 @@ class Correlator:
         event = held.event
         actions: list[Action] = []
         state = self.states.get(event.id)
+        if state is not None and state.orphaned_at is not None:
+            state = None  # a tombstone: the call was dead-lettered, this event begins anew
         if (
             state is None
             and part.watermark is not None
@@ -228,21 +250,34 @@ class Correlator:
                 if new.end is not None and new.timed_out_at is not None:
                     new = replace(new, timed_out_at=None)  # the real end corrects a timeout
                 if new.complete:
-                    new = replace(new, revision=new.revision + 1)
+                    new = replace(new, revision=new.revision + 1, trigger=held.source)
                     actions.append(Emit(new))
                 self.states[event.id] = new
                 heapq.heappush(part.deadlines, (new.deadline(self.settings)[0], event.id))
         part.saw(event.kind, event.ts)
-        actions.extend(self._expire(part))
+        actions.extend(self._expire(part, held.source))
         return actions
 
-    def advance(self, partition: int, watermark: datetime) -> list[Action]:
-        """Move a partition's event time forward without an event (idle wall-clock tick)."""
+    def advance(
+        self, partition: int, watermark: datetime, trigger: Source | None = None
+    ) -> list[Action]:
+        """Move a partition's event time forward without an event (idle wall-clock tick);
+        `trigger` is the tick message, if it came as one."""
         part = self._partitions.setdefault(partition, _Partition())
         part.raise_to(watermark)
-        return self._expire(part)
+        return self._expire(part, trigger)
 
-    def _expire(self, part: _Partition) -> list[Action]:
+    def outputs(self, state: CallState) -> list[Action]:
+        """The output a settled state stands for (its CDR, or its orphan dead letters),
+        to send again when it may not have reached Kafka."""
+        if state.orphaned_at is not None:
+            reason = orphan_reason(state.id, self.settings)
+            return [DeadLetter(h.raw, h.source, reason, "orphan", state.id) for h in state.held()]
+        if state.complete:
+            return [Emit(state)]
+        return []
+
+    def _expire(self, part: _Partition, trigger: Source | None) -> list[Action]:
         actions: list[Action] = []
         wm = part.watermark
         heap = part.deadlines
@@ -257,29 +292,26 @@ class Correlator:
                 continue
             if kind == "forget":
                 del self.states[call_id]
-            elif kind == "orphan":
-                del self.states[call_id]
-                reason = (
-                    f"orphan: no start event for call {call_id} within {self.settings.orphan_wait}"
-                )
-                actions.extend(
-                    DeadLetter(h.raw, h.source, reason, "orphan", call_id) for h in state.held()
-                )
+                continue
+            if kind == "orphan":
+                closed = replace(state, orphaned_at=due, trigger=trigger)
+                actions.extend(self.outputs(closed))
             else:  # timeout
                 assert state.start is not None
                 closed = replace(
                     state,
                     timed_out_at=state.start.event.ts + self.settings.max_call_duration,
                     revision=state.revision + 1,
+                    trigger=trigger,
                 )
-                self.states[call_id] = closed
-                heapq.heappush(heap, (closed.deadline(self.settings)[0], call_id))
                 actions.append(Emit(closed))
+            self.states[call_id] = closed
+            heapq.heappush(heap, (closed.deadline(self.settings)[0], call_id))
         return actions
 
     def open_calls(self) -> int:
-        """Calls still waiting for an event (not yet complete)."""
-        return sum(1 for s in self.states.values() if not s.complete)
+        """Calls still waiting for an event (neither complete nor dead-lettered)."""
+        return sum(1 for s in self.states.values() if not s.settled)
 
 
 def murmur2(data: bytes) -> int:

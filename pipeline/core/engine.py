@@ -80,9 +80,23 @@ class Engine:
             source = Source(source.topic, partition, source.offset)
         return self._carry(self.correlator.process(Held(event, raw, source), partition))
 
-    def advance(self, partition: int, watermark: datetime) -> Outcome:
+    def advance(
+        self, partition: int, watermark: datetime, trigger: Source | None = None
+    ) -> Outcome:
         """Move a partition's event time on (idle tick) and close what is due."""
-        return self._carry(self.correlator.advance(partition, watermark))
+        return self._carry(self.correlator.advance(partition, watermark, trigger))
+
+    def resend(self, states: list[CallState]) -> Outcome:
+        """The outputs of settled states again (not counted twice), for a worker that may
+        have lost them in a crash."""
+        out = Outcome()
+        for state in states:
+            for action in self.correlator.outputs(state):
+                if isinstance(action, Emit):
+                    out.cdrs.append(self.build(action.state))
+                elif isinstance(action, DeadLetter):
+                    out.dead.append(action)
+        return out
 
     def _carry(self, actions: list) -> Outcome:
         out = Outcome()

@@ -35,6 +35,7 @@ from pipeline.stream.codec import (
     state_from_bytes,
     state_to_bytes,
 )
+from pipeline.stream.progress import WORKER_GROUP, committed_offsets
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class WorkerRuntime:
         self.last_event_wall[partition] = time.monotonic()
         return self.engine.feed(value, Source(topic, partition, offset), partition)
 
-    def on_tick(self, partition: int) -> Outcome:
+    def on_tick(self, partition: int, source: Source | None = None) -> Outcome:
         """Idle partition: let event time follow the wall clock from its last event."""
         last = self.last_event_wall.get(partition)
         watermark = self.engine.correlator.watermark(partition)
@@ -110,17 +111,34 @@ class WorkerRuntime:
         if idle < self.idle_after:
             return Outcome()
         self.last_event_wall[partition] = time.monotonic()
-        return self.engine.advance(partition, watermark + timedelta(seconds=idle))
+        return self.engine.advance(partition, watermark + timedelta(seconds=idle), source)
 
-    def on_assigned(self, partitions: set[int]) -> None:
-        """After a rebalance and table recovery: re-index deadlines of what we now own."""
+    def on_assigned(
+        self, partitions: set[int], committed: dict[tuple[str, int], int] | None = None
+    ) -> Outcome:
+        """After a rebalance and table recovery: re-index deadlines of what we now own, and
+        return the outputs that may have been lost.
+
+        Table writes and outputs travel as separate Kafka messages, so a crash can leave
+        a state durable whose CDR or dead letters never reached Kafka. Offsets are
+        committed only after the producer flushed, so exactly the outputs triggered by
+        messages at or after the `committed` offset of their topic-partition are in
+        doubt: those are sent again (the store keeps one row per call id and revision;
+        dead letters carry their source offset, so a DLQ reader can drop repeats).
+        """
+        committed = committed or {}
         self.states.cache.clear()
         correlator = Correlator(self.states, self.settings)
         by_partition: dict[int, list[str]] = {p: [] for p in partitions}
+        doubtful: list[CallState] = []
         for call_id in self.states:
             p = partition_for(call_id, self.partitions)
             if p in by_partition:
                 by_partition[p].append(call_id)
+                state = self.states[call_id]
+                t = state.trigger
+                if t is not None and t.offset >= committed.get((t.topic, t.partition), 0):
+                    doubtful.append(state)
         for p, ids in by_partition.items():
             correlator.rebuild(p, ids)
         self.engine.correlator = correlator
@@ -128,10 +146,12 @@ class WorkerRuntime:
         now = time.monotonic()
         self.last_event_wall = {p: now for p in partitions}
         log.info(
-            "assigned partitions %s with %d open or remembered calls",
+            "assigned partitions %s with %d open or remembered calls; resending the output of %d",
             sorted(partitions),
             sum(len(v) for v in by_partition.values()),
+            len(doubtful),
         )
+        return self.engine.resend(doubtful)
 
 
 def create_app(
@@ -145,16 +165,17 @@ def create_app(
     web_port: int | None = None,
 ) -> faust.App:
     """Build the worker app; every default comes from `pipeline.config` (the environment)."""
+    bootstrap = bootstrap or config.kafka_bootstrap()
     partitions = partitions or config.partitions()
     settings = settings or config.deadlines()
     datadir = config.data_dir() / "faust" / name
     datadir.parent.mkdir(parents=True, exist_ok=True)
     app = faust.App(
-        "cdrpipe",
+        WORKER_GROUP,
         # Every topic, including the table's changelog, carries our own bytes: no JSON codec.
         key_serializer="raw",
         value_serializer="raw",
-        broker=f"kafka://{bootstrap or config.kafka_bootstrap()}",
+        broker=f"kafka://{bootstrap}",
         store=table_store or config.env("CDRPIPE_TABLE_STORE", "memory://"),
         datadir=str(datadir),
         topic_partitions=partitions,
@@ -166,6 +187,10 @@ def create_app(
         # producer batch them instead of one produce request per message.
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
+        # A worker that died (SIGKILL, lost host) holds its partitions until the group
+        # notices: 10 s instead of Faust's 60 s bounds how long those calls stall.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         broker_commit_every=5000,
         broker_commit_interval=1.0,
         stream_wait_empty=True,
@@ -215,7 +240,9 @@ def create_app(
         async for event in stream.events():
             msg = event.message
             if msg.topic == TOPIC_TICKS:
-                outcome = runtime.on_tick(msg.partition)
+                outcome = runtime.on_tick(
+                    msg.partition, Source(msg.topic, msg.partition, msg.offset)
+                )
                 metrics.record_products(outcome)
             else:
                 outcome = runtime.on_message(event.value, msg.topic, msg.partition, msg.offset)
@@ -227,7 +254,7 @@ def create_app(
     async def tick() -> None:
         # Calls touched since the last rebalance (decoding the whole table each second would
         # cost more than the gauge is worth).
-        metrics.OPEN_CALLS.set(sum(1 for s in runtime.states.cache.values() if not s.complete))
+        metrics.OPEN_CALLS.set(sum(1 for s in runtime.states.cache.values() if not s.settled))
         stamp = orjson.dumps({"wall": datetime.now(UTC).isoformat()})
         for p in sorted(runtime.assigned):
             await ticks.send(key=b"tick", value=stamp, partition=p)
@@ -242,7 +269,12 @@ def create_app(
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
-        runtime.on_assigned(assigned)
+        committed = await committed_offsets(bootstrap, WORKER_GROUP)
+        outcome = runtime.on_assigned(assigned, committed)
+        if outcome.cdrs or outcome.dead:
+            await publish(outcome, None)
+            metrics.RESENT.inc(len(outcome.cdrs) + len(outcome.dead))
+        metrics.ASSIGNED.set(len(assigned))
 
     return app
 

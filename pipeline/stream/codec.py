@@ -74,12 +74,20 @@ def state_to_bytes(state: CallState) -> bytes:
             _held_to_json(state.end),
             state.timed_out_at.isoformat() if state.timed_out_at else None,
             state.revision,
+            state.orphaned_at.isoformat() if state.orphaned_at else None,
+            _source_to_json(state.trigger),
         ]
     )
 
 
+def _source_to_json(source: Source | None) -> list[Any] | None:
+    return None if source is None else [source.topic, source.partition, source.offset]
+
+
 def state_from_bytes(raw: bytes) -> CallState:
-    call_id, start, connect, end, timed_out_at, revision = orjson.loads(raw)
+    # States written before orphan tombstones and triggers existed have six fields.
+    call_id, start, connect, end, timed_out_at, revision, *rest = orjson.loads(raw)
+    orphaned_at, trigger = (rest + [None, None])[:2]
     return CallState(
         id=call_id,
         start=_held_from_json(start),
@@ -87,6 +95,8 @@ def state_from_bytes(raw: bytes) -> CallState:
         end=_held_from_json(end),
         timed_out_at=parse_ts(timed_out_at) if timed_out_at else None,
         revision=revision,
+        orphaned_at=parse_ts(orphaned_at) if orphaned_at else None,
+        trigger=Source(*trigger) if trigger else None,
     )
 
 

@@ -38,22 +38,25 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
-async def group_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
-    """Messages in `topics` not yet committed by `group` (end offset - committed)."""
-    ends = await end_offsets(bootstrap, topics)
+async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+    """(topic, partition) -> the group's committed offset (the next one to process);
+    partitions without a commit are absent."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-    except KafkaError:  # no coordinator yet (group not formed): everything is still to do
+    except KafkaError:  # no coordinator yet (group not formed): nothing committed
         committed = {}
     finally:
         await admin.close()
-    lag = 0
-    for tp, end in ends.items():
-        meta = committed.get(tp)
-        lag += end - (meta.offset if meta is not None and meta.offset >= 0 else 0)
-    return lag
+    return {(tp.topic, tp.partition): m.offset for tp, m in committed.items() if m.offset >= 0}
+
+
+async def group_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:
+    """Messages in `topics` not yet committed by `group` (end offset - committed)."""
+    ends = await end_offsets(bootstrap, topics)
+    committed = await committed_offsets(bootstrap, group)
+    return sum(end - committed.get((tp.topic, tp.partition), 0) for tp, end in ends.items())
 
 
 async def wait_caught_up(

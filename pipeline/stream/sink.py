@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer
 
@@ -27,6 +28,30 @@ from pipeline.kafka.topics import TOPIC_CDR
 from pipeline.stream.codec import cdr_from_bytes
 
 log = logging.getLogger(__name__)
+
+
+class StoreUnavailable(RuntimeError):
+    """The store must not be written now (maintenance hold): treated like an outage."""
+
+
+def held_by(
+    path: Path | None, write: Callable[[list[CDR]], object]
+) -> Callable[[list[CDR]], object]:
+    """`write`, failing with StoreUnavailable while the file `path` exists.
+
+    Operators create the file to pause inserts during store maintenance (the
+    sink keeps its backlog in Kafka and retries until the file is gone); the
+    reliability suite uses it to cut the store off at a moment of its choosing.
+    """
+    if path is None:
+        return write
+
+    def guarded(rows: list[CDR]) -> object:
+        if path.exists():
+            raise StoreUnavailable(f"store writes held while {path} exists")
+        return write(rows)
+
+    return guarded
 
 
 @dataclass(slots=True)
@@ -146,7 +171,9 @@ def run_sink(
     from pipeline.store.writer import CdrWriter
 
     writer = CdrWriter(connect(store))
-    sink = Sink(writer.write, **kwargs)  # type: ignore[arg-type]
+    hold = config.env("CDRPIPE_SINK_HOLD_FILE", "")
+    write = held_by(Path(hold) if hold else None, writer.write)
+    sink = Sink(write, **kwargs)  # type: ignore[arg-type]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()

@@ -136,7 +136,8 @@ def test_end_without_start_is_dead_lettered_as_orphan_after_the_wait():
     dead = [a for a in move_to(correlator, 3600) if isinstance(a, DeadLetter)]
     assert [d.kind for d in dead] == ["orphan", "orphan"]
     assert "o1" in dead[0].reason and "orphan" in dead[0].reason
-    assert "o1" not in correlator.states
+    assert correlator.states["o1"].orphaned_at is not None  # a tombstone, no call
+    assert correlator.open_calls() == 0
 
 
 def test_late_start_within_orphan_wait_completes_the_call():
