@@ -5,7 +5,9 @@ streaming worker, offline replay and later re-rating agree. Decisions where SPEC
 
 * Duration is ``ceil(end - connect)`` in whole seconds at microsecond resolution; an end
   (or timeout) before the connect gives 0 rather than a negative duration, but the call is
-  still `answered` because a connect was seen.
+  still `answered` because a connect was seen. The start time takes no part: a connect stamped
+  before the start (gateway clocks that disagree) still counts from the connect, as SPEC's
+  formula says; the CDR keeps every time as stamped.
 * A call closed as timed out (no end, `timed_out_at` given) ends at `timed_out_at`, has no
   disconnect code or initiator, reason "Timed out", and is billed up to the timeout. If a real
   end is given it always wins and `timed_out_at` is ignored.

@@ -91,6 +91,11 @@ class CallState:
         """Nothing more is awaited: a CDR exists, or the call was dead-lettered as an orphan."""
         return self.complete or self.orphaned_at is not None
 
+    def holds(self, held: Held) -> bool:
+        """This very event (same timestamp and bytes) is part of the state."""
+        current: Held | None = getattr(self, held.event.kind)
+        return current is not None and current.sort_key() == held.sort_key()
+
     def last_ts(self) -> datetime:
         times = [h.event.ts for h in self.held()]
         if self.timed_out_at is not None:
@@ -223,39 +228,42 @@ class Correlator:
         """Apply one valid event, then run the partition's deadlines up to its watermark."""
         part = self._partitions.setdefault(partition, _Partition())
         event = held.event
-        actions: list[Action] = []
         state = self.states.get(event.id)
-        if state is not None and state.orphaned_at is not None:
-            state = None  # a tombstone: the call was dead-lettered, this event begins anew
+        if state is not None and state.orphaned_at is not None:  # a dead-lettered call
+            if state.holds(held):
+                actions: list[Action] = [Duplicate(event.id)]  # already dead-lettered
+            else:
+                actions = self._apply(None, held, part)  # a new event begins the call anew
+        else:
+            actions = self._apply(state, held, part)
+        part.saw(event.kind, event.ts)
+        actions.extend(self._expire(part, held.source))
+        return actions
+
+    def _apply(self, state: CallState | None, held: Held, part: _Partition) -> list[Action]:
+        event = held.event
         if (
             state is None
             and part.watermark is not None
             and event.ts <= part.watermark - self.settings.memory
         ):
-            actions.append(
-                DeadLetter(
-                    held.raw,
-                    held.source,
-                    f"late: {event.kind} for call {event.id} at {event.ts.isoformat()} is older"
-                    f" than the {self.settings.memory} memory window",
-                    "late",
-                    event.id,
-                )
+            reason = (
+                f"late: {event.kind} for call {event.id} at {event.ts.isoformat()} is older"
+                f" than the {self.settings.memory} memory window"
             )
-        else:
-            new, changed = merge(state, held)
-            if not changed or getattr(state, event.kind, None) is not None:
-                actions.append(Duplicate(event.id))  # this event, or the one it displaced
-            if changed:
-                if new.end is not None and new.timed_out_at is not None:
-                    new = replace(new, timed_out_at=None)  # the real end corrects a timeout
-                if new.complete:
-                    new = replace(new, revision=new.revision + 1, trigger=held.source)
-                    actions.append(Emit(new))
-                self.states[event.id] = new
-                heapq.heappush(part.deadlines, (new.deadline(self.settings)[0], event.id))
-        part.saw(event.kind, event.ts)
-        actions.extend(self._expire(part, held.source))
+            return [DeadLetter(held.raw, held.source, reason, "late", event.id)]
+        actions: list[Action] = []
+        new, changed = merge(state, held)
+        if not changed or getattr(state, event.kind, None) is not None:
+            actions.append(Duplicate(event.id))  # this event, or the one it displaced
+        if changed:
+            if new.end is not None and new.timed_out_at is not None:
+                new = replace(new, timed_out_at=None)  # the real end corrects a timeout
+            if new.complete:
+                new = replace(new, revision=new.revision + 1, trigger=held.source)
+                actions.append(Emit(new))
+            self.states[event.id] = new
+            heapq.heappush(part.deadlines, (new.deadline(self.settings)[0], event.id))
         return actions
 
     def advance(

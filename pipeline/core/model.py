@@ -46,8 +46,9 @@ class Event:
     disconnect_code: int | None = None
     disconnect_reason: str | None = None
     disconnect_initiator: Initiator | None = None
-    # unknown extra fields, kept as parsed
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    # Unknown extra fields (and fields of another kind), kept as parsed. Left out of repr():
+    # a valid message may nest them ~1000 deep, which repr() cannot print (RecursionError).
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -5,11 +5,17 @@ naming file, line and column, and nothing of the new set is used. Validation dec
 
 * The header must equal the SPEC's column list exactly (a UTF-8 BOM, as written by
   spreadsheet tools, is ignored). Blank lines are skipped. Every field is stripped of
-  surrounding whitespace before it is checked.
+  surrounding whitespace before it is checked. A cell must not hold a control character
+  other than tab (NUL, a line break inside quotes, ...; see `_Table._refuse_control`).
 * Money: plain decimal notation only (``0.0125``; no exponent, NaN or infinity), non-negative,
-  parsed straight to `Decimal`. rates.csv: `rate` required, `initial_rate` empty = `rate`,
-  `connection_fee` empty = 0. dids.csv: rates may be empty (= service not used).
-* Increments: whole seconds >= 1; required in rates.csv, default ``1,1`` in dids.csv.
+  below 1,000,000 and with at most 9 significant decimal places, parsed straight to `Decimal`.
+  The bounds come from the store (SPEC is silent): a CDR's rate is a Decimal(18, 9) column and
+  its amounts Decimal(18, 6), which the writer refuses to truncate, so a finer or bigger deck
+  value would be accepted here and then fail every insert of the calls it rates.
+  rates.csv: `rate` required, `initial_rate` empty = `rate`, `connection_fee` empty = 0.
+  dids.csv: rates may be empty (= service not used).
+* Increments: whole seconds 1..86400 (a day; the bound keeps billing durations within the
+  store's UInt32); required in rates.csv, default ``1,1`` in dids.csv.
 * `effective_from`: ISO 8601 date (midnight UTC) or datetime; a datetime without offset is
   UTC, one with an offset is converted to UTC.
 * Names (deck, trunk, account) must be non-empty; prefix, DID and replace_cli are ASCII
@@ -47,6 +53,9 @@ __all__ = [
     "TRUNKS_HEADER",
     "DIDS_HEADER",
     "CATEGORIES",
+    "MAX_MONEY",
+    "MONEY_PLACES",
+    "MAX_INCREMENT",
     "RefDataError",
     "Trunk",
     "Did",
@@ -160,24 +169,44 @@ _INT = re.compile(r"[+-]?[0-9]+")
 _PREFIX = re.compile(r"[0-9]{1,15}")
 _E164 = re.compile(r"[1-9][0-9]{5,14}")
 _COUNTRY = re.compile(r"[A-Z]{2}")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # Unicode Cc but tab
+_CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not CR, LF either
+
+
+MAX_MONEY = Decimal(1_000_000)
+MONEY_PLACES = 9
+MAX_INCREMENT = 86_400
+
+
+def _show(v: str) -> str:
+    """`repr` of a cell for a message, shortened: a cell may be 128 KiB long."""
+    r = repr(v)
+    return r if len(r) <= 64 else f"{r[:60]}...{r[-1]} ({len(v)} characters)"
 
 
 def _money(v: str) -> Decimal:
     if not _DECIMAL.fullmatch(v):
-        raise _FieldError(f"not a decimal: {v!r}")
-    d = Decimal(v)
+        raise _FieldError(f"not a decimal: {_show(v)}")
+    d = Decimal(v)  # exact: the constructor never rounds
     if d.is_signed() and d:
-        raise _FieldError(f"negative amount: {v!r}")
+        raise _FieldError(f"negative amount: {_show(v)}")
+    if d >= MAX_MONEY:
+        raise _FieldError(f"amount must be below {MAX_MONEY}: {_show(v)}")
+    if len(v.partition(".")[2].rstrip("0")) > MONEY_PLACES:
+        raise _FieldError(f"more than {MONEY_PLACES} decimal places: {_show(v)}")
     return abs(d)  # also normalises "-0"
 
 
 def _increment(v: str) -> int:
     if not _INT.fullmatch(v):
-        raise _FieldError(f"not a whole number of seconds: {v!r}")
-    n = int(v)
-    if n < 1:
-        raise _FieldError(f"increment must be >= 1 second: {v!r}")
-    return n
+        raise _FieldError(f"not a whole number of seconds: {_show(v)}")
+    # Compare digit counts before int(): int() refuses strings over 4300 digits (ValueError).
+    digits = v.lstrip("+-").lstrip("0")
+    if v.startswith("-") or not digits:
+        raise _FieldError(f"increment must be >= 1 second: {_show(v)}")
+    if len(digits) > len(str(MAX_INCREMENT)) or int(digits) > MAX_INCREMENT:
+        raise _FieldError(f"increment must be at most {MAX_INCREMENT} seconds: {_show(v)}")
+    return int(digits)
 
 
 def _when(v: str) -> datetime:
@@ -187,8 +216,13 @@ def _when(v: str) -> datetime:
             return datetime(d.year, d.month, d.day, tzinfo=UTC)
         t = datetime.fromisoformat(v)
     except ValueError:
-        raise _FieldError(f"not an ISO date or datetime: {v!r}") from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+        raise _FieldError(f"not an ISO date or datetime: {_show(v)}") from None
+    if t.tzinfo is None:
+        return t.replace(tzinfo=UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:  # the ends of the range: year 1 at +01:00, year 9999 at -01:00
+        raise _FieldError(f"outside years 1..9999 once converted to UTC: {_show(v)}") from None
 
 
 def _required(v: str) -> str:
@@ -199,20 +233,20 @@ def _required(v: str) -> str:
 
 def _prefix(v: str) -> str:
     if not _PREFIX.fullmatch(v):
-        raise _FieldError(f"prefix must be 1..15 digits: {v!r}")
+        raise _FieldError(f"prefix must be 1..15 digits: {_show(v)}")
     return v
 
 
 def _e164(v: str) -> str:
     if not _E164.fullmatch(v):
-        raise _FieldError(f"not an E.164 number (6..15 digits, no leading 0 or +): {v!r}")
+        raise _FieldError(f"not an E.164 number (6..15 digits, no leading 0 or +): {_show(v)}")
     return v
 
 
 def _category(v: str) -> str:
     if v and v not in CATEGORIES:
         raise _FieldError(
-            f"unknown category {v!r}: expected International, Local, Origin based or empty"
+            f"unknown category {_show(v)}: expected International, Local, Origin based or empty"
         )
     return v
 
@@ -221,7 +255,7 @@ def _country(v: str) -> str | None:
     if not v:
         return None
     if not _COUNTRY.fullmatch(v):
-        raise _FieldError(f"not an ISO 3166 alpha-2 code (two uppercase letters): {v!r}")
+        raise _FieldError(f"not an ISO 3166 alpha-2 code (two uppercase letters): {_show(v)}")
     return v
 
 
@@ -242,12 +276,18 @@ class _Table:
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         self.rows: list[tuple[int, list[str]]] = []
         prev_end = 0
+        # One scan of the whole text, so that clean files (all of them, in practice) pay no
+        # per-cell check; a record spanning several lines has a line break inside quotes.
+        suspect = _CONTROL_IN_LINE.search(text) is not None
         try:
             for rec in reader:
                 start, prev_end = prev_end + 1, reader.line_num
                 if not rec or (len(rec) == 1 and not rec[0].strip()):
                     continue
-                self.rows.append((start, [f.strip() for f in rec]))
+                fields = [f.strip() for f in rec]
+                if suspect or prev_end > start:
+                    self._refuse_control(start, fields)
+                self.rows.append((start, fields))
         except csv.Error as exc:
             raise RefDataError(name, reader.line_num, None, f"CSV syntax: {exc}") from None
         if not self.rows:
@@ -258,12 +298,33 @@ class _Table:
                 raise RefDataError(name, line, i + 1, f"header: missing column {want!r}", want)
             if got[i] != want:
                 raise RefDataError(
-                    name, line, i + 1, f"header: expected {want!r}, got {got[i]!r}", want
+                    name, line, i + 1, f"header: expected {want!r}, got {_show(got[i])}", want
                 )
         if len(got) > len(header):
             raise RefDataError(
-                name, line, len(header) + 1, f"header: unexpected extra column {got[len(header)]!r}"
+                name,
+                line,
+                len(header) + 1,
+                f"header: unexpected extra column {_show(got[len(header)])}",
             )
+
+    def _refuse_control(self, line: int, fields: list[str]) -> None:
+        """Refuse a record with a control character (tab aside) in a cell, naming its column.
+
+        No column has a use for one, and in a name (NUL, a line break inside quotes, an escape
+        sequence) it is invisible to the operator yet makes the name match nothing."""
+        for i, f in enumerate(fields):
+            m = _CONTROL.search(f)
+            if m is not None:
+                ch = m.group()
+                what = "line break" if ch in "\r\n" else "control character"
+                raise RefDataError(
+                    self.name,
+                    line,
+                    i + 1,
+                    f"{what} U+{ord(ch):04X} in the cell: {_show(f)}",
+                    self.header[i] if i < len(self.header) else None,
+                )
 
     def records(self):
         """Yield (line, fields), refusing a line with the wrong number of fields."""

@@ -64,6 +64,17 @@ def test_an_event_after_the_orphan_verdict_begins_a_new_call_not_a_duplicate():
     assert state.orphaned_at is None and state.end is None and state.start is not None
 
 
+def test_the_same_event_again_after_the_orphan_verdict_is_a_duplicate():
+    correlator, _ = run([held("connect", "o4", at=0), held("end", "o4", at=10)])
+    move_to(correlator, 3600)
+    again = correlator.process(held("end", "o4", at=10), 0)
+    assert [type(a).__name__ for a in again if getattr(a, "call_id", None) == "o4"] == ["Duplicate"]
+    assert correlator.states["o4"].orphaned_at is not None  # still the tombstone
+    # a different end for the same call is news: the call begins anew
+    correlator.process(held("end", "o4", at=20), 0)
+    assert correlator.states["o4"].orphaned_at is None
+
+
 def valid(raw: bytes, offset: int = 0) -> Held:
     event = parse_event(raw)
     return Held(event, raw, Source(TOPICS[event.kind], 0, offset))
