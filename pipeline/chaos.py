@@ -92,6 +92,7 @@ class ChaosReport:
     totals_replay: dict[str, str] = field(default_factory=dict)
     dlq_expected: dict[str, int] = field(default_factory=dict)
     dlq_stored: dict[str, int] = field(default_factory=dict)
+    dlq_replay: dict[str, int] = field(default_factory=dict)
     dlq_content_equal: bool = False
     dlq_repeats: int = 0
     kills: list[dict[str, Any]] = field(default_factory=list)
@@ -99,6 +100,7 @@ class ChaosReport:
     outage: dict[str, Any] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     unexpected_exits: list[str] = field(default_factory=list)
+    watchdog_restarts: int = 0  # workers that re-executed themselves after a commit stall
     stream_seconds: float = 0.0
     elapsed_s: float = 0.0
 
@@ -116,7 +118,7 @@ class ChaosReport:
             and self.stored_cdrs == self.expected_cdrs
             and self.totals_stream == self.totals_replay
             and self.dlq_content_equal
-            and self.dlq_stored == self.dlq_expected
+            and self.dlq_stored == self.dlq_expected == self.dlq_replay
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -156,7 +158,7 @@ class ChaosReport:
             f"unexpected             {self.unexpected}",
             f"fields differing       {self.differing} {self.example_diff}",
             f"money equal            {self.totals_stream == self.totals_replay}",
-            f"DLQ expected           {self.dlq_expected}",
+            f"DLQ expected           {self.dlq_expected} (replay: {self.dlq_replay})",
             f"DLQ stored             {self.dlq_stored} (content equal: {self.dlq_content_equal};"
             f" {self.dlq_repeats} repeats of an already dead-lettered source message dropped)",
             f"worker kills           {len(self.kills)}: recovery {kills}",
@@ -164,6 +166,7 @@ class ChaosReport:
             f"store outage           {outage}",
             f"peak RSS (MiB)         {self.peak_rss_mib}",
             f"unexpected exits       {self.unexpected_exits or 'none'}",
+            f"watchdog restarts      {self.watchdog_restarts}",
             f"streaming time         {self.stream_seconds:.0f}s, whole run {self.elapsed_s:.0f}s",
             f"RESULT                 {'PASS' if self.ok else 'FAIL'}",
         ]
@@ -439,6 +442,7 @@ class ChaosRun:
             "CDRPIPE_MAX_CALL_S": str(MAX_CALL_S),
             "CDRPIPE_ORPHAN_WAIT_S": str(ORPHAN_WAIT_S),
             "CDRPIPE_IDLE_AFTER_S": "1000000",  # event time only, exactly like the replay
+            "CDRPIPE_STALL_S": "30",  # the commit watchdog's patience (production: 60)
         }
         self.pipeline = Pipeline(
             self.kafka.bootstrap, self.stream_store, self.work / "logs", 0, env
@@ -476,6 +480,10 @@ class ChaosRun:
             self.hold_file.unlink(missing_ok=True)
         self.report.peak_rss_mib = {k: round(v, 1) for k, v in self.supervisor.peak.items()}
         self.report.unexpected_exits = self.supervisor.exits
+        self.report.watchdog_restarts = sum(
+            log.read_text(errors="replace").count("restarting this worker")
+            for log in (self.work / "logs").glob("worker*.log")
+        )
 
     def start_worker(self, name: str) -> None:
         index = int(name.removeprefix("worker"))
@@ -596,7 +604,7 @@ class ChaosRun:
         r = self.report
         client = connect(self.replay_store)
         try:
-            replay_file(
+            summary = replay_file(
                 self.work / "events.jsonl",
                 RefDataHolder(config.config_dir()),
                 CdrWriter(client).write,
@@ -605,6 +613,7 @@ class ChaosRun:
             )
         finally:
             client.close()
+        r.dlq_replay = dict(sorted(summary.dlq_by_kind.items()))
         stream, r.stored_rows = dump_store(self.stream_store)
         replay, _ = dump_store(self.replay_store)
         r.expected_cdrs, r.stored_cdrs = len(replay), len(stream)

@@ -232,8 +232,12 @@ class Correlator:
         if state is not None and state.orphaned_at is not None:  # a dead-lettered call
             if state.holds(held):
                 actions: list[Action] = [Duplicate(event.id)]  # already dead-lettered
-            else:
-                actions = self._apply(None, held, part)  # a new event begins the call anew
+            elif event.kind == "start":
+                actions = self._apply(None, held, part)  # the start, at last: a call anew
+            else:  # more of an orphan: dead-lettered at once, and remembered with the rest
+                self.states[event.id] = replace(state, **{event.kind: held}, trigger=held.source)
+                reason = orphan_reason(event.id, self.settings)
+                actions = [DeadLetter(held.raw, held.source, reason, "orphan", event.id)]
         else:
             actions = self._apply(state, held, part)
         part.saw(event.kind, event.ts)

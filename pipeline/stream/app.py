@@ -15,6 +15,8 @@ handled inside the agent, where table writes are allowed.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterator, MutableMapping
 from datetime import UTC, datetime, timedelta
@@ -36,11 +38,13 @@ from pipeline.stream.codec import (
     state_to_bytes,
 )
 from pipeline.stream.progress import WORKER_GROUP, committed_offsets
+from pipeline.stream.watchdog import CommitWatchdog
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
 REFDATA_POLL_S = 5.0
+WATCHDOG_POLL_S = 10.0
 
 
 class TableStates(MutableMapping[str, CallState]):
@@ -266,6 +270,33 @@ def create_app(
         except RefDataError as exc:
             log.error("reference data refused, keeping the last good version: %s", exc)
 
+    watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
+
+    @app.timer(WATCHDOG_POLL_S)
+    async def watch_commits() -> None:
+        if app.rebalancing or not runtime.assigned:
+            watchdog.reset(time.monotonic())  # table recovery may take its time
+            return
+        try:
+            committed = await committed_offsets(bootstrap, WORKER_GROUP)
+        except Exception:  # the broker is away: that is no stall of ours
+            watchdog.reset(time.monotonic())
+            return
+        ends = {}
+        for tp in app.consumer.assignment():
+            if tp.topic in INPUT_TOPICS or tp.topic == TOPIC_TICKS:
+                high = app.consumer.highwater(tp)
+                if high is not None:
+                    ends[(tp.topic, tp.partition)] = high
+        stalled = watchdog.check(committed, ends, time.monotonic())
+        if stalled:
+            log.error(
+                "no commit for %.0fs on %s despite waiting messages: restarting this worker",
+                watchdog.stall_s,
+                sorted(stalled),
+            )
+            restart_in_place()
+
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
@@ -275,8 +306,19 @@ def create_app(
             await publish(outcome, None)
             metrics.RESENT.inc(len(outcome.cdrs) + len(outcome.dead))
         metrics.ASSIGNED.set(len(assigned))
+        watchdog.reset(time.monotonic())
 
     return app
+
+
+def restart_in_place() -> None:
+    """Replace this process by a fresh worker with the same arguments (same pid, so
+    supervisors see no exit). Like a crash, it is covered by at-least-once processing."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "pipeline.cli", *_ARGV])
+
+
+_ARGV = list(sys.argv[1:])  # before Faust's command line handling sees them
 
 
 def run_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:

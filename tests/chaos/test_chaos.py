@@ -17,7 +17,14 @@ def test_nothing_lost_nothing_doubled_under_kills_broker_restart_and_store_outag
     tmp_path: Path,
 ) -> None:
     plan = ChaosPlan(
-        calls=50_000, workers=2, kills=2, broker_restarts=1, outage_s=20, segments=10, seed=11
+        calls=50_000,
+        workers=2,
+        kills=2,
+        broker_restarts=1,
+        outage_s=20,
+        segments=10,
+        seed=11,
+        timeout_s=900,
     )
     report = ChaosRun(plan, tmp_path).run()
     print(report.render())
@@ -33,5 +40,6 @@ def test_nothing_lost_nothing_doubled_under_kills_broker_restart_and_store_outag
     assert report.differing == 0, report.example_diff
     assert report.totals_stream == report.totals_replay
     assert report.dlq_expected["invalid"] >= 250 and report.dlq_expected["orphan"] > 0
-    assert report.dlq_stored == report.dlq_expected and report.dlq_content_equal
+    assert report.dlq_stored == report.dlq_expected == report.dlq_replay
+    assert report.dlq_content_equal
     assert report.ok

@@ -70,9 +70,19 @@ def test_the_same_event_again_after_the_orphan_verdict_is_a_duplicate():
     again = correlator.process(held("end", "o4", at=10), 0)
     assert [type(a).__name__ for a in again if getattr(a, "call_id", None) == "o4"] == ["Duplicate"]
     assert correlator.states["o4"].orphaned_at is not None  # still the tombstone
-    # a different end for the same call is news: the call begins anew
-    correlator.process(held("end", "o4", at=20), 0)
-    assert correlator.states["o4"].orphaned_at is None
+
+
+def test_more_of_an_orphan_after_the_verdict_is_dead_lettered_at_once_and_only_once():
+    correlator, _ = run([held("connect", "o5", at=0)])
+    move_to(correlator, 3600)
+    late_end = held("end", "o5", at=20)
+    dead = [a for a in correlator.process(late_end, 0) if isinstance(a, DeadLetter)]
+    assert [(d.kind, d.raw) for d in dead] == [("orphan", late_end.raw)]
+    tomb = correlator.states["o5"]
+    assert tomb.orphaned_at is not None and tomb.end == late_end and tomb.trigger is not None
+    assert len(correlator.outputs(tomb)) == 2  # a recovery re-sends both
+    again = correlator.process(late_end, 0)
+    assert not [a for a in again if isinstance(a, DeadLetter) and a.call_id == "o5"]
 
 
 def valid(raw: bytes, offset: int = 0) -> Held:
