@@ -14,6 +14,7 @@ handled inside the agent, where table writes are allowed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -38,13 +39,14 @@ from pipeline.stream.codec import (
     state_to_bytes,
 )
 from pipeline.stream.progress import WORKER_GROUP, committed_offsets
-from pipeline.stream.watchdog import CommitWatchdog
+from pipeline.stream.watchdog import TP, CommitFence, CommitWatchdog
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
 REFDATA_POLL_S = 5.0
 WATCHDOG_POLL_S = 10.0
+CHANGELOG_CONFIG = {"segment.ms": "300000", "min.cleanable.dirty.ratio": "0.2"}
 
 
 class TableStates(MutableMapping[str, CallState]):
@@ -222,7 +224,15 @@ def create_app(
     # key_type/value_type bytes make Faust use the raw codec for the changelog too (with a
     # `schema=` only, recovery would JSON-decode our bytes and never finish).
     table = app.Table(
-        "calls", default=None, key_type=bytes, value_type=bytes, partitions=partitions
+        "calls",
+        default=None,
+        key_type=bytes,
+        value_type=bytes,
+        partitions=partitions,
+        # A call's state is written once per event; compaction keeps the newest per call, but
+        # only in closed segments. Rolling them every 5 minutes (Kafka: 7 days) lets the log
+        # cleaner shrink what a restarted worker has to replay before it can take traffic.
+        extra_topic_configs=CHANGELOG_CONFIG,
     )
     runtime = WorkerRuntime(refdata, TableStates(table), settings, partitions, idle_after)
     app.cdrpipe_runtime = runtime  # type: ignore[attr-defined]
@@ -253,6 +263,7 @@ def create_app(
                 metrics.record_outcome(msg.topic, outcome)
             if outcome.cdrs or outcome.dead:
                 await publish(outcome, msg.key)
+            fence.processed((msg.topic, msg.partition), msg.offset)
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
@@ -271,6 +282,7 @@ def create_app(
             log.error("reference data refused, keeping the last good version: %s", exc)
 
     watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
+    fence = CommitFence()
 
     @app.timer(WATCHDOG_POLL_S)
     async def watch_commits() -> None:
@@ -278,7 +290,7 @@ def create_app(
             watchdog.reset(time.monotonic())  # table recovery may take its time
             return
         try:
-            committed = await committed_offsets(bootstrap, WORKER_GROUP)
+            committed = await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
         except Exception:  # the broker is away: that is no stall of ours
             watchdog.reset(time.monotonic())
             return
@@ -300,7 +312,16 @@ def create_app(
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic in INPUT_TOPICS}
-        committed = await committed_offsets(bootstrap, WORKER_GROUP)
+        committed = await known_committed_offsets(bootstrap)
+        install_commit_fence(app, fence)
+        fence.reset(
+            committed,
+            [
+                (tp.topic, tp.partition)
+                for tp in app.consumer.assignment()
+                if tp.topic in INPUT_TOPICS or tp.topic == TOPIC_TICKS
+            ],
+        )
         outcome = runtime.on_assigned(assigned, committed)
         if outcome.cdrs or outcome.dead:
             await publish(outcome, None)
@@ -309,6 +330,58 @@ def create_app(
         watchdog.reset(time.monotonic())
 
     return app
+
+
+async def known_committed_offsets(bootstrap: str, wait_s: float = 60.0) -> dict[TP, int]:
+    """The group's committed offsets, retried while the coordinator is not answering (after
+    a broker restart it needs some seconds). The commit fence and the re-sending of outputs
+    in doubt start from them, so a guess is never good enough: if the broker does not
+    answer within `wait_s`, the worker restarts and tries again."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        try:
+            return await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                log.error("committed offsets unavailable (%s): restarting this worker", exc)
+                restart_in_place()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def install_commit_fence(app: faust.App, fence: CommitFence) -> None:
+    """Make Faust commit exactly what `fence` says was processed (faust-streaming 0.15.3).
+
+    Faust's consumer picks the partitions and offsets to commit from its acknowledged
+    offsets (`_filter_tps_with_pending_acks`, `_filter_committable_offsets`); both are
+    replaced, the rest of its commit path (flush the producer, then commit) is kept.
+    """
+    from faust.types import TP as FaustTP
+
+    consumer = app.consumer
+    if getattr(consumer, "_cdrpipe_fenced", False):
+        return
+
+    def pending(topics: Any = None) -> Iterator[Any]:
+        owned = consumer.assignment()
+        for topic, partition in fence.owned():
+            tp = FaustTP(topic, partition)
+            if tp in owned:
+                yield tp
+
+    def committable(tps: Any) -> dict[Any, int]:
+        out = {}
+        for tp in tps:
+            limit = fence.limit((tp.topic, tp.partition))
+            committed = consumer._committed_offset[tp]  # noqa: SLF001
+            if limit is not None and (committed is None or limit > committed):
+                out[tp] = limit
+        return out
+
+    consumer._filter_tps_with_pending_acks = pending  # noqa: SLF001
+    consumer._filter_committable_offsets = committable  # noqa: SLF001
+    consumer._cdrpipe_fenced = True  # noqa: SLF001
 
 
 def restart_in_place() -> None:

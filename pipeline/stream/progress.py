@@ -38,14 +38,20 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     return consumer.partitions_for_topic(topic) or set()
 
 
-async def committed_offsets(bootstrap: str, group: str) -> dict[tuple[str, int], int]:
+async def committed_offsets(
+    bootstrap: str, group: str, *, strict: bool = False
+) -> dict[tuple[str, int], int]:
     """(topic, partition) -> the group's committed offset (the next one to process);
-    partitions without a commit are absent."""
+    partitions without a commit are absent. When the group coordinator cannot answer
+    (no group yet, or a broker just restarted) this is {} — unless `strict`, which raises:
+    a worker must never take "unknown" for "nothing committed"."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         committed = await admin.list_consumer_group_offsets(group)
-    except KafkaError:  # no coordinator yet (group not formed): nothing committed
+    except KafkaError:
+        if strict:
+            raise
         committed = {}
     finally:
         await admin.close()

@@ -47,3 +47,39 @@ class CommitWatchdog:
                 stalled.append(tp)
         self._since = since
         return stalled
+
+
+@dataclass(slots=True)
+class CommitFence:
+    """Per partition, the offset after the last message the agent really processed, counting
+    only an unbroken run from where the partition was (re)assigned.
+
+    Commits never go past it. Faust decides what to commit from its own bookkeeping of
+    acknowledged offsets, and the reliability suite caught it committing past messages that
+    never reached the agent (lost calls after a worker restart). Input and tick topics are
+    neither compacted nor transactional, so their offsets are consecutive: a message that
+    skips ahead means messages were lost on the way, and the fence then holds at the hole
+    (the commit watchdog restarts the worker, which reads from the hole again).
+    """
+
+    _next: dict[TP, int | None] = field(default_factory=dict)
+    holes: int = 0
+
+    def reset(self, committed: Mapping[TP, int], owned: list[TP]) -> None:
+        """After a rebalance: the owned partitions start at their committed offsets (None:
+        nothing committed yet; the first message seen sets the start)."""
+        self._next = {tp: committed.get(tp) for tp in owned}
+
+    def processed(self, tp: TP, offset: int) -> None:
+        expected = self._next.get(tp)
+        if expected is None or offset == expected:
+            self._next[tp] = offset + 1
+        elif offset > expected:
+            self.holes += 1  # held at `expected` until the worker reads from there again
+
+    def limit(self, tp: TP) -> int | None:
+        """The highest offset that may be committed for `tp` (None: nothing yet)."""
+        return self._next.get(tp)
+
+    def owned(self) -> list[TP]:
+        return list(self._next)

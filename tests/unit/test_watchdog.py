@@ -47,3 +47,43 @@ def test_partitions_no_longer_owned_are_forgotten():
     dog.check({A: 1}, {A: 9}, now=0)
     dog.check({B: 1}, {B: 1}, now=30)  # A went to another worker
     assert dog.check({A: 1}, {A: 9}, now=70) == []  # back: a new grace period
+
+
+def test_the_fence_follows_an_unbroken_run_from_the_committed_offset():
+    from pipeline.stream.watchdog import CommitFence
+
+    fence = CommitFence()
+    fence.reset({A: 100}, [A, B])
+    assert fence.limit(A) == 100 and fence.limit(B) is None
+    for offset in range(100, 110):
+        fence.processed(A, offset)
+    assert fence.limit(A) == 110
+    fence.processed(A, 105)  # a re-delivery changes nothing
+    assert fence.limit(A) == 110
+    fence.processed(B, 7)  # nothing committed yet: the first message sets the start
+    fence.processed(B, 8)
+    assert fence.limit(B) == 9
+
+
+def test_the_fence_holds_at_a_hole():
+    from pipeline.stream.watchdog import CommitFence
+
+    fence = CommitFence()
+    fence.reset({A: 100}, [A])
+    fence.processed(A, 100)
+    fence.processed(A, 103)  # 101 and 102 never reached the agent
+    fence.processed(A, 104)
+    assert fence.limit(A) == 101 and fence.holes == 2
+    fence.processed(A, 101)  # the worker reads from the hole again
+    fence.processed(A, 102)
+    fence.processed(A, 103)
+    assert fence.limit(A) == 104
+
+
+def test_reset_forgets_partitions_no_longer_owned():
+    from pipeline.stream.watchdog import CommitFence
+
+    fence = CommitFence()
+    fence.reset({A: 5, B: 9}, [A, B])
+    fence.reset({A: 5, B: 9}, [B])
+    assert fence.owned() == [B] and fence.limit(A) is None
