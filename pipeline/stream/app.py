@@ -25,6 +25,7 @@ from typing import Any
 
 import faust
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
@@ -253,6 +254,22 @@ def create_app(
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
         async for event in stream.events():
             msg = event.message
+            tp = (msg.topic, msg.partition)
+            verdict = fence.check(tp, msg.offset)
+            if verdict == "seen":
+                continue
+            if verdict == "hole":
+                expected = fence.limit(tp)
+                assert expected is not None
+                first = await first_offset(bootstrap, msg.topic, msg.partition, expected)
+                if first is None or first < msg.offset:
+                    log.error(
+                        "%s[%d]: got offset %d, offsets from %d never arrived:"
+                        " restarting this worker",
+                        msg.topic, msg.partition, msg.offset, expected,
+                    )  # fmt: skip
+                    restart_in_place()
+                fence.accept_gap(tp, msg.offset)
             if msg.topic == TOPIC_TICKS:
                 outcome = runtime.on_tick(
                     msg.partition, Source(msg.topic, msg.partition, msg.offset)
@@ -263,7 +280,7 @@ def create_app(
                 metrics.record_outcome(msg.topic, outcome)
             if outcome.cdrs or outcome.dead:
                 await publish(outcome, msg.key)
-            fence.processed((msg.topic, msg.partition), msg.offset)
+            fence.processed(tp, msg.offset)
 
     @app.timer(TICK_INTERVAL_S)
     async def tick() -> None:
@@ -330,6 +347,23 @@ def create_app(
         watchdog.reset(time.monotonic())
 
     return app
+
+
+async def first_offset(bootstrap: str, topic: str, partition: int, start: int) -> int | None:
+    """Offset of the first message at or after `start` the broker holds (None: no answer)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        batch = await consumer.getmany(tp, timeout_ms=5000, max_records=1)
+        records = batch.get(tp) or []
+        return records[0].offset if records else None
+    except Exception:
+        return None
+    finally:
+        await consumer.stop()
 
 
 async def known_committed_offsets(bootstrap: str, wait_s: float = 60.0) -> dict[TP, int]:

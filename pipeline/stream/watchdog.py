@@ -57,9 +57,10 @@ class CommitFence:
     Commits never go past it. Faust decides what to commit from its own bookkeeping of
     acknowledged offsets, and the reliability suite caught it committing past messages that
     never reached the agent (lost calls after a worker restart). Input and tick topics are
-    neither compacted nor transactional, so their offsets are consecutive: a message that
-    skips ahead means messages were lost on the way, and the fence then holds at the hole
-    (the commit watchdog restarts the worker, which reads from the hole again).
+    normally neither compacted nor transactional, so their offsets are consecutive: a message
+    that skips ahead is a hole. The worker then asks the broker whether a message exists in
+    the hole; if so it must not go on (its decisions would be made on incomplete input): it
+    restarts and reads from the hole again. If not, the gap is accepted.
     """
 
     _next: dict[TP, int | None] = field(default_factory=dict)
@@ -70,12 +71,24 @@ class CommitFence:
         nothing committed yet; the first message seen sets the start)."""
         self._next = {tp: committed.get(tp) for tp in owned}
 
-    def processed(self, tp: TP, offset: int) -> None:
+    def check(self, tp: TP, offset: int) -> str:
+        """ "next" (process it), "seen" (a re-delivery of what was processed: skip it) or
+        "hole" (messages before it never arrived: do not process it)."""
         expected = self._next.get(tp)
         if expected is None or offset == expected:
-            self._next[tp] = offset + 1
-        elif offset > expected:
-            self.holes += 1  # held at `expected` until the worker reads from there again
+            return "next"
+        if offset < expected:
+            return "seen"
+        self.holes += 1
+        return "hole"
+
+    def processed(self, tp: TP, offset: int) -> None:
+        """The message at `offset` (the "next" one) is done: outputs handed to the producer."""
+        self._next[tp] = offset + 1
+
+    def accept_gap(self, tp: TP, offset: int) -> None:
+        """The broker holds no message before `offset` (control records, compaction)."""
+        self._next[tp] = offset
 
     def limit(self, tp: TP) -> int | None:
         """The highest offset that may be committed for `tp` (None: nothing yet)."""

@@ -49,35 +49,49 @@ def test_partitions_no_longer_owned_are_forgotten():
     assert dog.check({A: 1}, {A: 9}, now=70) == []  # back: a new grace period
 
 
+def feed(fence, tp, offsets):
+    verdicts = []
+    for offset in offsets:
+        verdict = fence.check(tp, offset)
+        verdicts.append(verdict)
+        if verdict == "next":
+            fence.processed(tp, offset)
+    return verdicts
+
+
 def test_the_fence_follows_an_unbroken_run_from_the_committed_offset():
     from pipeline.stream.watchdog import CommitFence
 
     fence = CommitFence()
     fence.reset({A: 100}, [A, B])
     assert fence.limit(A) == 100 and fence.limit(B) is None
-    for offset in range(100, 110):
-        fence.processed(A, offset)
+    assert set(feed(fence, A, range(100, 110))) == {"next"}
     assert fence.limit(A) == 110
-    fence.processed(A, 105)  # a re-delivery changes nothing
+    assert feed(fence, A, [105]) == ["seen"]  # a re-delivery changes nothing
     assert fence.limit(A) == 110
-    fence.processed(B, 7)  # nothing committed yet: the first message sets the start
-    fence.processed(B, 8)
+    assert feed(fence, B, [7, 8]) == ["next", "next"]  # nothing committed: first sets start
     assert fence.limit(B) == 9
 
 
-def test_the_fence_holds_at_a_hole():
+def test_the_fence_reports_a_hole_and_holds():
     from pipeline.stream.watchdog import CommitFence
 
     fence = CommitFence()
     fence.reset({A: 100}, [A])
-    fence.processed(A, 100)
-    fence.processed(A, 103)  # 101 and 102 never reached the agent
-    fence.processed(A, 104)
+    assert feed(fence, A, [100, 103, 104]) == ["next", "hole", "hole"]
     assert fence.limit(A) == 101 and fence.holes == 2
-    fence.processed(A, 101)  # the worker reads from the hole again
-    fence.processed(A, 102)
-    fence.processed(A, 103)
+    assert feed(fence, A, [101, 102, 103]) == ["next"] * 3  # read from the hole again
     assert fence.limit(A) == 104
+
+
+def test_an_accepted_gap_moves_the_fence_on():
+    from pipeline.stream.watchdog import CommitFence
+
+    fence = CommitFence()
+    fence.reset({A: 100}, [A])
+    assert feed(fence, A, [100, 102]) == ["next", "hole"]
+    fence.accept_gap(A, 102)  # offset 101 was a transaction marker
+    assert feed(fence, A, [102, 103]) == ["next", "next"] and fence.limit(A) == 104
 
 
 def test_reset_forgets_partitions_no_longer_owned():
