@@ -100,7 +100,7 @@ class ChaosReport:
     outage: dict[str, Any] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
     unexpected_exits: list[str] = field(default_factory=list)
-    watchdog_restarts: int = 0  # workers that re-executed themselves after a commit stall
+    watchdog_restarts: int = 0  # workers that re-executed themselves (commit stall or hole)
     stream_seconds: float = 0.0
     elapsed_s: float = 0.0
 
@@ -166,7 +166,7 @@ class ChaosReport:
             f"store outage           {outage}",
             f"peak RSS (MiB)         {self.peak_rss_mib}",
             f"unexpected exits       {self.unexpected_exits or 'none'}",
-            f"watchdog restarts      {self.watchdog_restarts}",
+            f"worker self-restarts   {self.watchdog_restarts} (commit stall or offset hole)",
             f"streaming time         {self.stream_seconds:.0f}s, whole run {self.elapsed_s:.0f}s",
             f"RESULT                 {'PASS' if self.ok else 'FAIL'}",
         ]
