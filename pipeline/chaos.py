@@ -528,7 +528,8 @@ class ChaosRun:
         waited = wait_for(lambda: (metric(port, "cdrpipe_assigned_partitions") or 0) > 0, 300)
         recovery = None if waited is None else round(time.monotonic() - killed_at, 1)
         time.sleep(2)  # the survivors' own rebalance after the restarted worker joined
-        resent = self.resent() - resent_before
+        delta = self.resent() - resent_before
+        resent = delta if delta >= 0 else None  # a survivor restarted itself meanwhile
         self.report.kills.append({"worker": name, "recovery_s": recovery, "resent": resent})
         self.log(
             f"SIGKILL {name}; back with partitions, table recovered after {recovery}s;"
