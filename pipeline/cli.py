@@ -28,6 +28,13 @@ def _add_metrics(p: argparse.ArgumentParser, variable: str) -> None:
     )
 
 
+def _jobs(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
@@ -72,6 +79,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             settings=config.deadlines(),
             partitions=args.partitions,
             dead_letter=dead_letter,
+            jobs=args.jobs,
         )
     finally:
         client.close()
@@ -206,6 +214,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dlq", type=Path, help="write dead-lettered lines (JSON Lines) here")
     p.add_argument("--show-bad", type=int, default=20, help="bad lines to list (default 20)")
+    p.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=1,
+        help="worker processes, each owning whole partitions; same outcome as 1 "
+        "(default 1: this process; 0: one per CPU)",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("export", help="export CDRs as CSV in the Call Logs layouts")

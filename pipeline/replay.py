@@ -3,13 +3,17 @@
 It runs the very `Engine` the streaming workers run, routing each call to the
 partition Kafka would give it, so a replay of the simulator's file is the
 reference the streaming pipeline is checked against.
+
+`jobs` > 1 spreads the partitions over worker processes (`pipeline.replay_parallel`); the
+outcome (CDRs, dead letters, summary) is the same as with one process.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +26,7 @@ from pipeline.core.refdata import RefDataHolder
 
 DEFAULT_PARTITIONS = 8
 FLUSH_EVERY = 50_000
+SETTLE_EVERY = 4_096  # lines between two `settle()` calls (see fewer_gc_passes)
 
 
 @dataclass(slots=True)
@@ -66,23 +71,91 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
 
 @contextmanager
-def fewer_gc_passes(gen0: int = 100_000) -> Iterator[None]:
+def fewer_gc_passes(gen0: int = 100_000) -> Iterator[Callable[[], None]]:
     """Millions of short-lived objects trigger a cyclic GC pass every 700 allocations by
-    default; our objects form no cycles worth chasing, so collect far less often."""
+    default; our objects form no cycles worth chasing, so collect far less often.
+
+    Yields `settle`, for the replay loop to call every few thousand lines: a pass over the
+    objects made since the last call (cycles among them are collected), then what is still
+    alive, mostly call states kept for the memory window, goes to the permanent generation,
+    so that no later pass scans it again (the older generations' passes were rescanning
+    every state over and over). Everything is thawed on exit. If the caller froze objects of
+    its own, nothing is frozen (thawing would thaw theirs too).
+    """
     old = gc.get_threshold()
+    freezing = gc.get_freeze_count() == 0
+
+    def settle() -> None:
+        if freezing:
+            gc.collect(0)
+            gc.freeze()
+
     gc.set_threshold(gen0, old[1], old[2])
     try:
-        yield
+        yield settle
     finally:
         gc.set_threshold(*old)
+        if freezing:
+            gc.unfreeze()
 
 
-class Replay:
-    """Feeds lines to an `Engine` and hands finished CDRs to `sink` in batches.
+def resolve_jobs(jobs: int, partitions: int) -> int:
+    """Worker processes for `jobs` (0 = one per CPU), never more than there are partitions."""
+    if jobs < 0:
+        raise ValueError(f"jobs must be >= 0, got {jobs}")
+    if jobs == 0:
+        jobs = os.cpu_count() or 1
+    return max(1, min(jobs, partitions))
+
+
+class Collector:
+    """The output side of a replay: coalesces CDR versions, hands them to `sink` in batches,
+    reports dead letters and keeps the summary. Shared by the one-process and the parallel
+    replay so both batch, count and report alike.
 
     Versions of the same call inside one batch are coalesced to the newest;
     across batches the store's idempotency (by call id and revision) applies.
     """
+
+    def __init__(
+        self,
+        sink: Callable[[list[CDR]], object],
+        *,
+        dead_letter: Callable[[int, DeadLetter], object] | None = None,
+        flush_every: int = FLUSH_EVERY,
+    ) -> None:
+        self.sink = sink
+        self.dead_letter = dead_letter
+        self.flush_every = flush_every
+        self._pending: dict[str, CDR] = {}
+        self._final: dict[str, tuple[bool, bool]] = {}  # call id -> (rated, timed_out)
+        self.summary = ReplaySummary()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        batch = list(self._pending.values())
+        self._pending.clear()
+        self.sink(batch)
+        final = self._final
+        for cdr in batch:
+            final[cdr.id] = (cdr.rated, cdr.timed_out)
+
+    def _summarise(self, counters: Mapping[str, int], still_open: int, seconds: float) -> None:
+        s = self.summary
+        s.events = counters.get("events", 0)
+        s.duplicates = counters.get("duplicates", 0)
+        s.dlq_by_kind = {k[4:]: v for k, v in counters.items() if k.startswith("dlq_") and v}
+        s.dead_lettered = sum(s.dlq_by_kind.values())
+        s.cdrs = len(self._final)
+        s.unrated = sum(1 for rated, _ in self._final.values() if not rated)
+        s.timed_out = sum(1 for _, timed_out in self._final.values() if timed_out)
+        s.still_open = still_open
+        s.seconds = seconds
+
+
+class Replay(Collector):
+    """Feeds lines to an `Engine` and hands finished CDRs to `sink` in batches."""
 
     def __init__(
         self,
@@ -94,69 +167,73 @@ class Replay:
         dead_letter: Callable[[int, DeadLetter], object] | None = None,
         flush_every: int = FLUSH_EVERY,
     ) -> None:
+        super().__init__(sink, dead_letter=dead_letter, flush_every=flush_every)
         self.engine = Engine(refdata, settings=settings, partitions=partitions)
-        self.sink = sink
-        self.dead_letter = dead_letter
-        self.flush_every = flush_every
-        self._pending: dict[str, CDR] = {}
-        self._final: dict[str, tuple[bool, bool]] = {}  # call id -> (rated, timed_out)
-        self.summary = ReplaySummary()
 
     def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
-        with fewer_gc_passes():
-            return self._run(lines, name)
+        with fewer_gc_passes() as settle:
+            return self._run(lines, name, settle)
 
-    def _run(self, lines: Iterable[tuple[int, bytes]], name: str) -> ReplaySummary:
+    def _run(
+        self, lines: Iterable[tuple[int, bytes]], name: str, settle: Callable[[], None]
+    ) -> ReplaySummary:
         started = time.perf_counter()
         summary = self.summary
         feed = self.engine.feed
         pending = self._pending
+        flush_every = self.flush_every
+        dead_letter = self.dead_letter
+        bad_lines = summary.bad_lines
+        count = 0
         for number, raw in lines:
-            summary.lines += 1
+            count += 1
+            if not count % SETTLE_EVERY:
+                settle()
             out = feed(raw, Source(name, 0, number))
-            for cdr in out.cdrs:
-                pending[cdr.id] = cdr
-            for dead in out.dead:
-                if dead.kind == "invalid":
-                    summary.bad_lines.append((number, dead.reason))
-                if self.dead_letter is not None:
-                    self.dead_letter(number, dead)
-            if len(pending) >= self.flush_every:
+            cdrs = out.cdrs
+            if cdrs:
+                for cdr in cdrs:
+                    pending[cdr.id] = cdr
+            if out.dead:
+                for dead in out.dead:
+                    if dead.kind == "invalid":
+                        bad_lines.append((number, dead.reason))
+                    if dead_letter is not None:
+                        dead_letter(number, dead)
+            # Only a line with CDRs can fill the batch (as in the parallel replay's merge).
+            if cdrs and len(pending) >= flush_every:
                 self.flush()
+        summary.lines += count
         self.flush()
-        self._summarise(time.perf_counter() - started)
+        engine = self.engine
+        self._summarise(
+            engine.counters, engine.correlator.open_calls(), time.perf_counter() - started
+        )
         return summary
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        batch = list(self._pending.values())
-        self._pending.clear()
-        self.sink(batch)
-        for cdr in batch:
-            self._final[cdr.id] = (cdr.rated, cdr.timed_out)
-
-    def _summarise(self, seconds: float) -> None:
-        c = self.engine.counters
-        s = self.summary
-        s.events = c["events"]
-        s.duplicates = c["duplicates"]
-        s.dlq_by_kind = {k[4:]: v for k, v in c.items() if k.startswith("dlq_") and v}
-        s.dead_lettered = sum(s.dlq_by_kind.values())
-        s.cdrs = len(self._final)
-        s.unrated = sum(1 for rated, _ in self._final.values() if not rated)
-        s.timed_out = sum(1 for _, timed_out in self._final.values() if timed_out)
-        s.still_open = self.engine.correlator.open_calls()
-        s.seconds = seconds
 
 
 def replay_file(
     path: Path,
     refdata: RefDataHolder,
     sink: Callable[[list[CDR]], object],
+    *,
+    jobs: int = 1,
     **kwargs: object,
 ) -> ReplaySummary:
-    """Replay one JSON Lines file; see `Replay`."""
-    replay = Replay(refdata, sink, **kwargs)  # type: ignore[arg-type]
+    """Replay one JSON Lines file; see `Replay`. `jobs` worker processes (0 = one per CPU;
+    1, the default, replays in this process) give the same outcome; see
+    `pipeline.replay_parallel`."""
+    partitions = int(kwargs.get("partitions", DEFAULT_PARTITIONS))  # type: ignore[call-overload]
+    if resolve_jobs(jobs, partitions) > 1:
+        from pipeline.replay_parallel import ParallelReplay
+
+        replay: Replay | ParallelReplay = ParallelReplay(
+            refdata,
+            sink,
+            jobs=jobs,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    else:
+        replay = Replay(refdata, sink, **kwargs)  # type: ignore[arg-type]
     with path.open("rb") as stream:
         return replay.run(iter_lines(stream), name=path.name)
