@@ -269,6 +269,7 @@ def segments(messages: list[SimMessage], n: int) -> Iterator[list[SimMessage]]:
 
 
 def free_ports(count: int) -> list[int]:
+    """Distinct ports the OS just had free (held open together so they cannot repeat)."""
     import socket
 
     socks = [socket.socket() for _ in range(count)]

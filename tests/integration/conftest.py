@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline.chaos import free_ports
 from pipeline.core.model import CDR
 from pipeline.kafka.broker import LocalKafka
 from pipeline.kafka.topics import ensure_topics
@@ -15,18 +15,6 @@ from pipeline.store.client import connect
 from pipeline.store.queries import CdrFilter, select_cdrs
 
 PARTITIONS = 8
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports the OS just had free (held open together so they cannot repeat)."""
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
-    finally:
-        for sock in socks:
-            sock.close()
 
 
 @pytest.fixture

@@ -14,12 +14,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 
+from pipeline.chaos import read_dlq
 from pipeline.core.correlate import Settings
 from pipeline.core.refdata import RefDataHolder
 from pipeline.demo import Pipeline
-from pipeline.kafka.topics import TOPIC_DLQ
 from pipeline.replay import replay_file
 from pipeline.simulate import SimConfig, generate, produce, write_jsonl
 from pipeline.store.client import connect
@@ -123,29 +122,6 @@ def test_stream_gives_exactly_the_replay_cdrs(broker, tmp_path, reordered_sim, w
     assert len(replay) == reordered_sim.expected["calls_with_start_and_end"] == 20_000
     assert summary.duplicates == reordered_sim.expected["duplicate_messages"]
     assert_same_cdrs(stream, replay)
-
-
-def read_dlq(bootstrap: str) -> list:
-    async def consume() -> list:
-        consumer = AIOKafkaConsumer(
-            TOPIC_DLQ,
-            bootstrap_servers=bootstrap,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            out = []
-            while True:
-                batch = await consumer.getmany(timeout_ms=2000)
-                if not batch:
-                    return out
-                for records in batch.values():
-                    out.extend(records)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(consume())
 
 
 def test_bad_messages_go_to_dlq_and_deadlines_close_calls(broker, tmp_path):
