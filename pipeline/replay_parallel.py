@@ -1,0 +1,398 @@
+"""Parallel offline replay: the partitions of a replay spread over worker processes.
+
+`cdrpipe replay --jobs N` gives exactly what the one-process `Replay` gives (the same CDRs,
+dead letters, bad-line report and summary counters, and even the same sink batches), because
+nothing the `Engine` decides crosses a partition:
+
+* every valid event goes to `partition_for(call id)` and watermarks, deadlines and call states
+  are per partition, so a worker that owns whole partitions (``p % N == k``) and sees their
+  lines in file order reaches the decisions the single engine reaches for them;
+* an invalid message touches no state (it is dead-lettered where it is read), so a line with
+  no usable call id may go to any worker;
+* each worker feeds `Source(name, 0, line)` exactly as `Replay` does, so dead letters and
+  call states point at the same lines;
+* the parent merges the workers' outputs of a round of lines back into line order (every line
+  has one worker; a line's CDRs come before its dead letters, as in `Replay`) and runs the
+  shared `Collector`, so coalescing, flushes and reports happen in the same order.
+
+Only the parent talks to the sink (chDB allows one process per data directory). Workers are
+forked, so they inherit the reference data (every loaded version) and settings as they are;
+they never touch the parent's store client or threads and leave with ``os._exit``.
+
+Data flow, bounded by `window` rounds in flight:
+
+    parent: read lines, find the call id (orjson), route the line to the worker of its
+            partition; up to `window` rounds of ~`chunk_lines` lines per worker in flight
+            --marshal-->  worker k: Engine.feed each line
+    worker k: CDRs as rows of plain values (times as microsecond ticks, money as decimal
+              strings; pickle for anything unusual)  --marshal-->  parent: CDR objects, merged
+              in line order -> Collector -> sink
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import multiprocessing as mp
+import pickle
+import queue
+import sys
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import fields
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from operator import attrgetter, itemgetter
+from typing import Any
+
+import orjson
+
+from pipeline.core.correlate import DeadLetter, Settings, murmur2
+from pipeline.core.engine import Engine
+from pipeline.core.events import MAX_MESSAGE_BYTES
+from pipeline.core.model import CDR, Source
+from pipeline.core.refdata import RefDataHolder
+from pipeline.replay import (
+    DEFAULT_PARTITIONS,
+    FLUSH_EVERY,
+    Collector,
+    ReplaySummary,
+    fewer_gc_passes,
+    resolve_jobs,
+)
+
+__all__ = ["ParallelReplay", "call_key", "encode_cdrs", "decode_cdrs"]
+
+CHUNK_LINES = 2_000  # lines per worker per round, on average
+WINDOW = 8  # rounds in flight: enough work queued for the workers while the parent writes
+_ROUTE_CACHE = 1 << 18  # call ids remembered by the router before it starts afresh
+_POLL_S = 1.0
+
+# ------------------------------------------------------------------ routing
+
+
+def call_key(raw: bytes) -> bytes | None:
+    """The UTF-8 bytes of the message's top-level string ``id``, read as `parse_event` reads
+    it (orjson; of duplicate keys the last), so ``murmur2(key)`` is the hash `partition_for`
+    takes; None where the message cannot be a valid event (it then touches no call state
+    and may go to any worker). orjson is cheaper here than a regex that would be safe."""
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return None  # refused before it is parsed
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is dict:
+        value = data.get("id")
+        if type(value) is str:
+            try:
+                return value.encode()
+            except UnicodeEncodeError:  # a lone surrogate: refused by orjson already
+                return None
+    return None
+
+
+# ------------------------------------------------------------------ CDR transfer
+
+_FIELDS = tuple(f.name for f in fields(CDR))
+_ALL_FIELDS = attrgetter(*_FIELDS)
+_TIME_AT = tuple(
+    i for i, n in enumerate(_FIELDS) if n in ("start_time", "connect_time", "end_time")
+)
+_MONEY_AT = tuple(
+    i
+    for i, n in enumerate(_FIELDS)
+    if n in ("rate", "charged", "toll_free_amount", "termination_amount", "metered_amount")
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _row(cdr: CDR) -> list[Any] | None:
+    """The CDR's field values with times as microsecond ticks and money as decimal strings, or
+    None if a time is not an aware UTC datetime or money not a Decimal (then it is pickled)."""
+    row = list(_ALL_FIELDS(cdr))
+    for i in _TIME_AT:
+        t = row[i]
+        if t is not None:
+            if type(t) is not datetime or t.tzinfo is not UTC or t.fold:
+                return None
+            row[i] = (t - _EPOCH) // _MICROSECOND
+    for i in _MONEY_AT:
+        m = row[i]
+        if m is not None:
+            if type(m) is not Decimal:
+                return None
+            row[i] = str(m)  # exact: Decimal(str(m)) has m's sign, digits and exponent
+    return row
+
+
+def encode_cdrs(cdrs: list[CDR]) -> tuple[bool, bytes]:
+    """(marshalled?, bytes) for `decode_cdrs`. marshal of plain values is several times
+    cheaper than pickling datetimes and Decimals, and refuses (rather than converts) anything
+    that is not exactly a str, int, bool or None; such CDRs travel pickled."""
+    rows = []
+    for cdr in cdrs:
+        row = _row(cdr)
+        if row is None:
+            return False, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
+        rows.append(row)
+    try:
+        return True, marshal.dumps(rows)
+    except ValueError:
+        return False, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
+
+
+def decode_cdrs(marshalled: bool, payload: bytes) -> list[CDR]:
+    if not marshalled:
+        return pickle.loads(payload)
+    epoch, ticks = _EPOCH, timedelta
+    out = []
+    for row in marshal.loads(payload):
+        for i in _TIME_AT:
+            t = row[i]
+            if t is not None:
+                row[i] = epoch + ticks(microseconds=t)
+        for i in _MONEY_AT:
+            m = row[i]
+            if m is not None:
+                row[i] = Decimal(m)
+        out.append(CDR(*row))
+    return out
+
+
+# ------------------------------------------------------------------ worker side
+
+
+def _work(
+    inbox: Any,
+    outbox: Any,
+    refdata: RefDataHolder,
+    settings: Settings | None,
+    partitions: int,
+    name: str,
+) -> None:
+    """One worker: feeds its lines to its own Engine, round by round; one answer per round.
+
+    Answers: ("round", cdr keys, marshalled?, CDRs, dead letters or None) with key
+    2 * line for a CDR and (2 * line + 1, dead letter) for a dead letter; at the end
+    ("done", counters, open calls); on failure ("error", traceback).
+    """
+    try:
+        engine = Engine(refdata, settings=settings, partitions=partitions)
+        feed = engine.feed
+        with fewer_gc_passes() as settle:
+            while True:
+                message = inbox.get()
+                if message is None:
+                    break
+                settle()
+                numbers, raws = marshal.loads(message)
+                keys: list[int] = []
+                cdrs: list[CDR] = []
+                dead: list[tuple[int, DeadLetter]] = []
+                for number, raw in zip(numbers, raws, strict=True):
+                    out = feed(raw, Source(name, 0, number))
+                    if out.cdrs:
+                        for cdr in out.cdrs:
+                            keys.append(2 * number)
+                            cdrs.append(cdr)
+                    if out.dead:
+                        for letter in out.dead:
+                            dead.append((2 * number + 1, letter))
+                marshalled, payload = encode_cdrs(cdrs) if cdrs else (True, b"")
+                outbox.put(("round", keys, marshalled, payload, dead or None))
+        outbox.put(("done", dict(engine.counters), engine.correlator.open_calls()))
+    except BaseException:  # reported to the parent, which raises
+        outbox.put(("error", traceback.format_exc()))
+
+
+# ------------------------------------------------------------------ parent side
+
+
+class ParallelReplay(Collector):
+    """`Replay` over `jobs` forked worker processes (0 = one per CPU, at most one per
+    partition); same constructor and `run` as `Replay`, same outcome."""
+
+    def __init__(
+        self,
+        refdata: RefDataHolder,
+        sink: Callable[[list[CDR]], object],
+        *,
+        jobs: int = 0,
+        settings: Settings | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
+        dead_letter: Callable[[int, DeadLetter], object] | None = None,
+        flush_every: int = FLUSH_EVERY,
+        chunk_lines: int = CHUNK_LINES,
+        window: int = WINDOW,
+    ) -> None:
+        super().__init__(sink, dead_letter=dead_letter, flush_every=flush_every)
+        self.refdata = refdata
+        self.settings = settings
+        self.partitions = partitions
+        self.jobs = resolve_jobs(jobs, partitions)
+        self.chunk_lines = max(1, chunk_lines)
+        self.window = max(1, window)
+
+    def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
+        with fewer_gc_passes() as settle:
+            self._settle = settle
+            return self._run(lines, name)
+
+    def _run(self, lines: Iterable[tuple[int, bytes]], name: str) -> ReplaySummary:
+        started = time.perf_counter()
+        ctx = mp.get_context("fork")
+        jobs = self.jobs
+        self._inboxes = [ctx.Queue() for _ in range(jobs)]
+        self._outboxes = [ctx.Queue() for _ in range(jobs)]
+        self._procs = [
+            ctx.Process(
+                target=_work,
+                args=(inbox, outbox, self.refdata, self.settings, self.partitions, name),
+                name=f"cdrpipe-replay-{k}",
+                daemon=True,
+            )
+            for k, (inbox, outbox) in enumerate(zip(self._inboxes, self._outboxes, strict=True))
+        ]
+        # A forked child flushes its copy of these buffers when it ends: empty them first.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+        for proc in self._procs:
+            proc.start()
+        clean = False
+        try:
+            self.summary.lines = self._route(lines)
+            counters: Counter[str] = Counter()
+            still_open = 0
+            for k in range(jobs):
+                self._inboxes[k].put(None)
+            for k in range(jobs):
+                _, worker_counters, worker_open = self._receive(k, "done")
+                counters.update(worker_counters)
+                still_open += worker_open
+            self.flush()
+            clean = True
+        finally:
+            self._stop(clean)
+        self._summarise(counters, still_open, time.perf_counter() - started)
+        return self.summary
+
+    def _route(self, lines: Iterable[tuple[int, bytes]]) -> int:
+        """Send every line to its worker in rounds and merge the answers; returns the count."""
+        jobs, partitions = self.jobs, self.partitions
+        numbers: list[list[int]] = [[] for _ in range(jobs)]
+        raws: list[list[bytes]] = [[] for _ in range(jobs)]
+        round_size = self.chunk_lines * jobs
+        window = self.window
+        cache: dict[bytes, int] = {}
+        in_round = in_flight = count = 0
+        for number, raw in lines:
+            key = call_key(raw)
+            worker = cache.get(key) if key is not None else None
+            if worker is None:
+                if key is None:
+                    worker = number % jobs
+                else:
+                    worker = ((murmur2(key) & 0x7FFFFFFF) % partitions) % jobs
+                    if len(cache) >= _ROUTE_CACHE:
+                        cache.clear()
+                    cache[key] = worker
+            numbers[worker].append(number)
+            raws[worker].append(raw)
+            in_round += 1
+            if in_round >= round_size:
+                count += in_round
+                self._send(numbers, raws)
+                numbers = [[] for _ in range(jobs)]
+                raws = [[] for _ in range(jobs)]
+                in_round = 0
+                in_flight += 1
+                if in_flight >= window:
+                    self._merge_round()
+                    in_flight -= 1
+        if in_round:
+            count += in_round
+            self._send(numbers, raws)
+            in_flight += 1
+        for _ in range(in_flight):
+            self._merge_round()
+        return count
+
+    def _send(self, numbers: list[list[int]], raws: list[list[bytes]]) -> None:
+        for k, inbox in enumerate(self._inboxes):
+            inbox.put(marshal.dumps((numbers[k], raws[k])))
+
+    def _receive(self, k: int, kind: str) -> tuple[Any, ...]:
+        outbox, proc = self._outboxes[k], self._procs[k]
+        while True:
+            try:
+                message = outbox.get(timeout=_POLL_S)
+            except queue.Empty:
+                if proc.is_alive():
+                    continue
+                try:  # it may have answered just before it ended
+                    message = outbox.get(timeout=_POLL_S)
+                except queue.Empty:
+                    raise RuntimeError(
+                        f"replay worker {k} ended (exit code {proc.exitcode}) without answering"
+                    ) from None
+            if message[0] == "error":
+                raise RuntimeError(f"replay worker {k} failed:\n{message[1]}")
+            if message[0] != kind:
+                raise RuntimeError(f"replay worker {k}: expected {kind!r}, got {message[0]!r}")
+            return message
+
+    def _merge_round(self) -> None:
+        """The answers of the oldest round in flight, back in line order, into the Collector:
+        per line its CDRs, then its dead letters, then the flush check, as `Replay` does."""
+        self._settle()
+        items: list[tuple[int, Any]] = []
+        for k in range(self.jobs):
+            _, keys, marshalled, payload, dead = self._receive(k, "round")
+            if keys:
+                items.extend(zip(keys, decode_cdrs(marshalled, payload), strict=True))
+            if dead:
+                items.extend(dead)
+        if not items:
+            return
+        items.sort(key=itemgetter(0))  # stable: a line's outputs keep their order
+        pending = self._pending
+        flush_every = self.flush_every
+        dead_letter = self.dead_letter
+        bad_lines = self.summary.bad_lines
+        previous = -1
+        for key, item in items:
+            line = key >> 1
+            if line != previous:
+                if len(pending) >= flush_every:
+                    self.flush()
+                previous = line
+            if key & 1:
+                if item.kind == "invalid":
+                    bad_lines.append((line, item.reason))
+                if dead_letter is not None:
+                    dead_letter(line, item)
+            else:
+                pending[item.id] = item
+        if len(pending) >= flush_every:
+            self.flush()
+
+    def _stop(self, clean: bool) -> None:
+        procs = self._procs
+        if not clean:
+            for inbox in self._inboxes:
+                inbox.cancel_join_thread()  # do not wait to hand lines to a stopped worker
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+        for proc in procs:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for q in (*self._inboxes, *self._outboxes):
+            q.close()
