@@ -34,6 +34,8 @@ from pipeline.core.events import (
 from pipeline.core.model import Event, Source
 from pipeline.core.refdata import RefDataHolder
 
+from .test_events import CONNECT, END
+
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 TIME_BOUND = 0.5  # seconds any single message may take, however hostile
@@ -59,15 +61,6 @@ INBOUND = {
     "source": "4915123456789",
     "did": "18005550101",
     "destination": "tel:+44-20-7946-0123",
-}
-CONNECT = {"event": "connect", "id": "gw-fra1-1", "ts": "2026-11-25T10:00:04.5Z"}
-END = {
-    "event": "end",
-    "id": "gw-fra1-1",
-    "ts": "2026-11-25T10:01:36.981+00:00",
-    "disconnect_code": 200,
-    "disconnect_reason": "Bye",
-    "disconnect_initiator": "origination",
 }
 VALID = (START, INBOUND, CONNECT, END)
 FIELDS = sorted({k for e in VALID for k in e})
