@@ -128,16 +128,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.stream.app import run_worker
+    common = {
+        "bootstrap": args.bootstrap,
+        "partitions": args.partitions,
+        "idle_after": args.idle_after,
+        "metrics_port": args.metrics_port,
+    }
+    if args.engine == "faust":
+        from pipeline.stream.app import run_worker
 
-    run_worker(
-        bootstrap=args.bootstrap,
-        name=args.name,
-        partitions=args.partitions,
-        idle_after=args.idle_after,
-        web_port=args.web_port,
-        metrics_port=args.metrics_port,
-    )
+        run_worker(name=args.name, web_port=args.web_port, **common)
+    else:
+        from pipeline.stream.batch import run_batch_worker
+
+        run_batch_worker(**common)
     return 0
 
 
@@ -236,7 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("worker", help="run a Faust correlation worker (events -> cdr.records)")
+    p = sub.add_parser("worker", help="run a correlation worker (events -> cdr.records)")
+    p.add_argument(
+        "--engine",
+        choices=("batch", "faust"),
+        default=config.worker_engine(),
+        help="batch: aiokafka consumer group, one batch per cycle (fast, the default); "
+        "faust: the Faust agent and table (default $CDRPIPE_WORKER_ENGINE or batch)",
+    )
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
     p.add_argument("--name", default="worker", help="worker name (its local data folder)")
     p.add_argument("--partitions", type=int, default=None)
@@ -247,7 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds without events before a partition's clock follows wall time "
         "(default $CDRPIPE_IDLE_AFTER_S or 5)",
     )
-    p.add_argument("--web-port", type=int, default=None, help="enable Faust's web on 127.0.0.1")
+    p.add_argument(
+        "--web-port", type=int, default=None, help="faust engine: enable Faust's web on 127.0.0.1"
+    )
     _add_metrics(p, "CDRPIPE_METRICS_PORT")
     p.set_defaults(func=cmd_worker)
 

@@ -49,3 +49,8 @@ def deadlines() -> Settings:
 def idle_after() -> float:
     """Seconds without events before a partition's event time follows the wall clock."""
     return float(env("CDRPIPE_IDLE_AFTER_S", "5"))
+
+
+def worker_engine() -> str:
+    """`batch` (default) or `faust`: which implementation `cdrpipe worker` runs."""
+    return env("CDRPIPE_WORKER_ENGINE", "batch")

@@ -22,9 +22,25 @@ TOPIC_END = "sip.call.end"
 TOPIC_DLQ = "sip.call.dlq"
 TOPIC_CDR = "cdr.records"
 TOPIC_TICKS = "cdrpipe.ticks"
+# The workers' call states (the name Faust gives the changelog of table "calls" of app
+# "cdrpipe", so both worker engines read and write the same durable state).
+TOPIC_CHANGELOG = "cdrpipe-calls-changelog"
 
 INPUT_TOPICS: tuple[str, ...] = (TOPIC_START, TOPIC_CONNECT, TOPIC_END)
-ALL_TOPICS: tuple[str, ...] = (*INPUT_TOPICS, TOPIC_DLQ, TOPIC_CDR, TOPIC_TICKS)
+ALL_TOPICS: tuple[str, ...] = (
+    *INPUT_TOPICS,
+    TOPIC_DLQ,
+    TOPIC_CDR,
+    TOPIC_TICKS,
+    TOPIC_CHANGELOG,
+)
+# A call's state is written once per change; compaction keeps the newest per call, but only
+# in closed segments. Rolling them every 5 minutes (Kafka: 7 days) lets the log cleaner
+# shrink what a restarted worker has to read before it can take traffic.
+CHANGELOG_CONFIG = {"segment.ms": "300000", "min.cleanable.dirty.ratio": "0.2"}
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {
+    TOPIC_CHANGELOG: {"cleanup.policy": "compact", **CHANGELOG_CONFIG},
+}
 DEFAULT_PARTITIONS = 8
 
 # Kafka protocol error codes we handle by name.
@@ -116,7 +132,10 @@ async def ensure_topics_async(
         missing = [t for t in ALL_TOPICS if t not in existing]
         if missing:
             response = await admin.create_topics(
-                [NewTopic(t, partitions, replication_factor) for t in missing],
+                [
+                    NewTopic(t, partitions, replication_factor, topic_configs=TOPIC_CONFIGS.get(t))
+                    for t in missing
+                ],
                 timeout_ms=int(timeout * 1000),
             )
             for entry in response.topic_errors:

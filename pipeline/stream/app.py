@@ -1,5 +1,7 @@
 """The Faust worker: gateway topics -> correlation table -> `cdr.records` / `sip.call.dlq`.
 
+`cdrpipe worker --engine faust`; `pipeline.stream.batch` is the faster default engine.
+
 The agent is thin wiring over `pipeline.core.engine.Engine`: every message is
 fed to the same code the offline replay runs. Call states live in a
 changelog-backed Faust table keyed by call id, written on the partition of
@@ -14,13 +16,10 @@ handled inside the agent, where table writes are allowed.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import sys
 import time
-from collections.abc import Iterator, MutableMapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -28,29 +27,41 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import config, metrics
-from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
-from pipeline.core.engine import Engine, Outcome
+from pipeline.core.correlate import CallState, Settings
+from pipeline.core.engine import Outcome
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataError, RefDataHolder
-from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_DLQ, TOPIC_TICKS
+from pipeline.kafka.topics import (
+    CHANGELOG_CONFIG,
+    INPUT_TOPICS,
+    TOPIC_CDR,
+    TOPIC_DLQ,
+    TOPIC_TICKS,
+)
 from pipeline.stream.codec import (
     cdr_to_bytes,
     dead_letter_headers,
     state_from_bytes,
     state_to_bytes,
 )
-from pipeline.stream.progress import WORKER_GROUP, committed_offsets
-from pipeline.stream.watchdog import TP, CommitFence, CommitWatchdog
+from pipeline.stream.progress import WORKER_GROUP
+from pipeline.stream.runtime import (
+    States,
+    WorkerRuntime,
+    check_commits,
+    known_committed_offsets,
+    restart_in_place,
+)
+from pipeline.stream.watchdog import CommitFence, CommitWatchdog
 
 log = logging.getLogger(__name__)
 
 TICK_INTERVAL_S = 1.0
 REFDATA_POLL_S = 5.0
 WATCHDOG_POLL_S = 10.0
-CHANGELOG_CONFIG = {"segment.ms": "300000", "min.cleanable.dirty.ratio": "0.2"}
 
 
-class TableStates(MutableMapping[str, CallState]):
+class TableStates(States):
     """The Faust table seen as call id -> CallState, with a decoded write-through cache.
 
     The table holds bytes (its changelog is the durable state); the cache
@@ -84,81 +95,8 @@ class TableStates(MutableMapping[str, CallState]):
     def __len__(self) -> int:
         return len(self.table)
 
-
-class WorkerRuntime:
-    """Per-process state around the engine: idle clocks and partition bookkeeping."""
-
-    def __init__(
-        self,
-        refdata: RefDataHolder,
-        states: TableStates,
-        settings: Settings,
-        partitions: int,
-        idle_after: float,
-    ) -> None:
-        self.states = states
-        self.settings = settings
-        self.partitions = partitions
-        self.idle_after = idle_after
-        self.engine = Engine(refdata, states, settings, partitions)
-        self.last_event_wall: dict[int, float] = {}
-        self.assigned: set[int] = set()
-
-    def on_message(self, value: bytes, topic: str, partition: int, offset: int) -> Outcome:
-        self.last_event_wall[partition] = time.monotonic()
-        return self.engine.feed(value, Source(topic, partition, offset), partition)
-
-    def on_tick(self, partition: int, source: Source | None = None) -> Outcome:
-        """Idle partition: let event time follow the wall clock from its last event."""
-        last = self.last_event_wall.get(partition)
-        watermark = self.engine.correlator.watermark(partition)
-        if last is None or watermark is None:
-            return Outcome()
-        idle = time.monotonic() - last
-        if idle < self.idle_after:
-            return Outcome()
-        self.last_event_wall[partition] = time.monotonic()
-        return self.engine.advance(partition, watermark + timedelta(seconds=idle), source)
-
-    def on_assigned(
-        self, partitions: set[int], committed: dict[tuple[str, int], int] | None = None
-    ) -> Outcome:
-        """After a rebalance and table recovery: re-index deadlines of what we now own, and
-        return the outputs that may have been lost.
-
-        Table writes and outputs travel as separate Kafka messages, so a crash can leave
-        a state durable whose CDR or dead letters never reached Kafka. Offsets are
-        committed only after the producer flushed, so exactly the outputs triggered by
-        messages at or after the `committed` offset of their topic-partition are in
-        doubt: those are sent again (the store keeps one row per call id and revision;
-        dead letters carry their source offset, so a DLQ reader can drop repeats).
-        """
-        committed = committed or {}
-        self.states.cache.clear()
-        correlator = Correlator(self.states, self.settings)
-        by_partition: dict[int, list[str]] = {p: [] for p in partitions}
-        doubtful: list[CallState] = []
-        for call_id in self.states:
-            p = partition_for(call_id, self.partitions)
-            if p in by_partition:
-                by_partition[p].append(call_id)
-                state = self.states[call_id]
-                t = state.trigger
-                if t is not None and t.offset >= committed.get((t.topic, t.partition), 0):
-                    doubtful.append(state)
-        for p, ids in by_partition.items():
-            correlator.rebuild(p, ids)
-        self.engine.correlator = correlator
-        self.assigned = partitions
-        now = time.monotonic()
-        self.last_event_wall = {p: now for p in partitions}
-        log.info(
-            "assigned partitions %s with %d open or remembered calls; resending the output of %d",
-            sorted(partitions),
-            sum(len(v) for v in by_partition.values()),
-            len(doubtful),
-        )
-        return self.engine.resend(doubtful)
+    def refresh(self) -> None:
+        self.cache.clear()
 
 
 def create_app(
@@ -306,25 +244,13 @@ def create_app(
         if app.rebalancing or not runtime.assigned:
             watchdog.reset(time.monotonic())  # table recovery may take its time
             return
-        try:
-            committed = await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
-        except Exception:  # the broker is away: that is no stall of ours
-            watchdog.reset(time.monotonic())
-            return
         ends = {}
         for tp in app.consumer.assignment():
             if tp.topic in INPUT_TOPICS or tp.topic == TOPIC_TICKS:
                 high = app.consumer.highwater(tp)
                 if high is not None:
                     ends[(tp.topic, tp.partition)] = high
-        stalled = watchdog.check(committed, ends, time.monotonic())
-        if stalled:
-            log.error(
-                "no commit for %.0fs on %s despite waiting messages: restarting this worker",
-                watchdog.stall_s,
-                sorted(stalled),
-            )
-            restart_in_place()
+        await check_commits(watchdog, bootstrap, ends)
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
@@ -366,24 +292,6 @@ async def first_offset(bootstrap: str, topic: str, partition: int, start: int) -
         await consumer.stop()
 
 
-async def known_committed_offsets(bootstrap: str, wait_s: float = 60.0) -> dict[TP, int]:
-    """The group's committed offsets, retried while the coordinator is not answering (after
-    a broker restart it needs some seconds). The commit fence and the re-sending of outputs
-    in doubt start from them, so a guess is never good enough: if the broker does not
-    answer within `wait_s`, the worker restarts and tries again."""
-    deadline = time.monotonic() + wait_s
-    delay = 0.2
-    while True:
-        try:
-            return await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
-        except Exception as exc:
-            if time.monotonic() > deadline:
-                log.error("committed offsets unavailable (%s): restarting this worker", exc)
-                restart_in_place()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
 def install_commit_fence(app: faust.App, fence: CommitFence) -> None:
     """Make Faust commit exactly what `fence` says was processed (faust-streaming 0.15.3).
 
@@ -416,16 +324,6 @@ def install_commit_fence(app: faust.App, fence: CommitFence) -> None:
     consumer._filter_tps_with_pending_acks = pending  # noqa: SLF001
     consumer._filter_committable_offsets = committable  # noqa: SLF001
     consumer._cdrpipe_fenced = True  # noqa: SLF001
-
-
-def restart_in_place() -> None:
-    """Replace this process by a fresh worker with the same arguments (same pid, so
-    supervisors see no exit). Like a crash, it is covered by at-least-once processing."""
-    logging.shutdown()
-    os.execv(sys.executable, [sys.executable, "-m", "pipeline.cli", *_ARGV])
-
-
-_ARGV = list(sys.argv[1:])  # before Faust's command line handling sees them
 
 
 def run_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:

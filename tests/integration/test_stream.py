@@ -1,7 +1,8 @@
-"""Streaming end to end on the real broker: simulator -> Kafka -> Faust worker(s) -> sink -> chDB.
+"""Streaming end to end on the real broker: simulator -> Kafka -> worker(s) -> sink -> chDB.
 
 The reference is `cdrpipe replay` of the simulator's own JSON Lines file: the
-streamed store must hold exactly the same CDRs, field for field.
+streamed store must hold exactly the same CDRs, field for field. Every test runs with both
+worker engines (the batch worker and the Faust agent).
 """
 
 from __future__ import annotations
@@ -27,6 +28,13 @@ from pipeline.store.writer import CdrWriter
 from .conftest import PARTITIONS, dump_store, free_ports
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
+
+
+@pytest.fixture(params=["batch", "faust"], autouse=True)
+def engine(request, monkeypatch) -> str:
+    """The worker engine every process of the test runs (`cdrpipe worker --engine`)."""
+    monkeypatch.setenv("CDRPIPE_WORKER_ENGINE", request.param)
+    return request.param
 
 
 def run_stream(

@@ -19,8 +19,9 @@ from pipeline.core.correlate import partition_for as route
 from pipeline.core.events import parse_event
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
-from pipeline.stream.app import TableStates, WorkerRuntime
+from pipeline.stream.app import TableStates
 from pipeline.stream.codec import state_from_bytes, state_to_bytes
+from pipeline.stream.runtime import WorkerRuntime
 
 from .test_correlate import SETTINGS, T0, held, move_to, run
 from .test_engine import outbound_call

@@ -1,0 +1,449 @@
+"""The batch worker (`cdrpipe worker`, the default engine): the engine over a plain aiokafka
+consumer group, one batch of messages at a time.
+
+Why not Faust here: Faust hands every message through its conductor, a channel queue and
+its stream iterator, one event-loop cycle per message, and writes a table changelog
+message per event through its producer wrappers. On the project machine that machinery
+alone caps a worker at ~14k messages/s with no work done at all (`bench/faust_ceiling.py`);
+the Faust worker (`--engine faust`, `pipeline.stream.app`) stays available and computes the
+same CDRs.
+
+One cycle of this worker:
+
+1. fetch up to `max_records` messages of the owned partitions (`getmany`);
+2. feed each to the `Engine` (ticks move idle partitions' event time, as in the Faust agent);
+3. append the CDRs, dead letters and - once per call touched in the batch - the new call
+   states (the changelog `cdrpipe-calls-changelog`, Faust's format and name) to per-partition
+   producer batches, and wait until the broker acknowledged all of them (acks=all);
+4. commit the offsets after the last message processed, per partition.
+
+So a commit never covers an effect that is not durable. A crash between 3 and 4 leaves
+states durable whose outputs may or may not be; after recovery the outputs triggered at or
+after the committed offsets are sent again (`WorkerRuntime.on_assigned`), exactly as in the
+Faust worker. A produce that fails, or states that can no longer match what is durable,
+make the worker restart itself in place.
+
+Rebalances use Kafka's eager protocol: a cycle in progress finishes (and commits) before
+partitions are given up (a lock), states of partitions no longer owned are dropped, and
+those of newly owned partitions are read from the changelog before the first message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+
+from pipeline import config, metrics
+from pipeline.core.correlate import CallState, Settings, partition_for
+from pipeline.core.engine import Outcome
+from pipeline.core.model import Source
+from pipeline.core.refdata import RefDataError, RefDataHolder
+from pipeline.kafka.topics import (
+    INPUT_TOPICS,
+    TOPIC_CDR,
+    TOPIC_CHANGELOG,
+    TOPIC_DLQ,
+    TOPIC_TICKS,
+    ensure_topics_async,
+)
+from pipeline.stream.codec import (
+    cdr_to_bytes,
+    dead_letter_headers,
+    state_from_bytes,
+    state_to_bytes,
+)
+from pipeline.stream.progress import WORKER_GROUP
+from pipeline.stream.runtime import (
+    States,
+    WorkerRuntime,
+    check_commits,
+    known_committed_offsets,
+    restart_in_place,
+)
+from pipeline.stream.watchdog import TP, CommitWatchdog
+
+log = logging.getLogger(__name__)
+
+MAX_RECORDS = 5000  # messages per cycle
+TICK_INTERVAL_S = 1.0
+REFDATA_POLL_S = 5.0
+WATCHDOG_POLL_S = 10.0
+GAUGE_POLL_S = 5.0
+
+
+class ChangelogStates(States):
+    """Call states in memory, remembering which calls changed (and on which partition) since
+    the last `changes()`, so that a cycle writes each changed call to the changelog once."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, CallState] = {}
+        self.partition_of: dict[str, int] = {}
+        self.changed: dict[str, int] = {}
+        self.current = 0  # the partition whose messages are being processed
+
+    def __getitem__(self, key: str) -> CallState:
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def __setitem__(self, key: str, state: CallState) -> None:
+        self.data[key] = state
+        self.partition_of[key] = self.changed[key] = self.current
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+        self.changed[key] = self.partition_of.pop(key, self.current)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self.data))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def changes(self) -> list[tuple[str, int, CallState | None]]:
+        """(call id, partition, new state or None when forgotten) since the last call."""
+        out = [(key, p, self.data.get(key)) for key, p in self.changed.items()]
+        self.changed = {}
+        return out
+
+    def restore(self, key: str, partition: int, state: CallState | None) -> None:
+        """A state read back from the changelog (None: a tombstone); not a change."""
+        if state is None:
+            self.data.pop(key, None)
+            self.partition_of.pop(key, None)
+        else:
+            self.data[key] = state
+            self.partition_of[key] = partition
+
+    def drop(self, partitions: set[int]) -> None:
+        """Forget the states of partitions this worker no longer owns."""
+        for key in [k for k, p in self.partition_of.items() if p in partitions]:
+            del self.data[key]
+            del self.partition_of[key]
+
+
+class Outbox:
+    """Messages of one cycle, appended to one producer batch per topic-partition (no
+    coroutine per message), then sent together; `send()` returns when all are durable."""
+
+    def __init__(self, producer: AIOKafkaProducer, partition_of: Any) -> None:
+        self.producer = producer
+        self.partition_of = partition_of  # call id -> partition of its CDRs
+        self.open: dict[tuple[str, int], Any] = {}
+        self.full: list[tuple[str, int, Any]] = []
+        self.count = 0
+
+    def add(
+        self,
+        topic: str,
+        partition: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        tp = (topic, partition)
+        batch = self.open.get(tp)
+        if batch is None:
+            batch = self.open[tp] = self.producer.create_batch()
+        if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            self.full.append((topic, partition, batch))
+            batch = self.open[tp] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+                raise ValueError(f"message of {len(value or b'')} bytes exceeds a batch")
+        self.count += 1
+
+    def add_outcome(self, outcome: Outcome, key: bytes | None = None) -> None:
+        """CDRs and dead letters go to the partition of the message that triggered them (a
+        dead letter's source) - the call's partition, as the inputs are keyed by call id."""
+        for cdr in outcome.cdrs:
+            self.add(TOPIC_CDR, self.partition_of(cdr.id), cdr.id.encode(), cdr_to_bytes(cdr))
+        for dead in outcome.dead:
+            dead_key = dead.call_id.encode() if dead.call_id else key
+            p = dead.source.partition
+            self.add(TOPIC_DLQ, p, dead_key, dead.raw, dead_letter_headers(dead))
+
+    async def send(self) -> None:
+        batches = self.full + [(t, p, b) for (t, p), b in self.open.items()]
+        self.full, self.open, self.count = [], {}, 0
+        futures = []
+        for topic, partition, batch in batches:
+            batch.close()
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        if futures:
+            await asyncio.gather(*futures)
+
+
+class BatchWorker:
+    """One worker process: owns some partitions of the input topics via the consumer group."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str | None = None,
+        partitions: int | None = None,
+        settings: Settings | None = None,
+        idle_after: float = 5.0,
+        max_records: int = MAX_RECORDS,
+    ) -> None:
+        self.bootstrap = bootstrap or config.kafka_bootstrap()
+        self.partitions = partitions or config.partitions()
+        self.refdata = RefDataHolder(config.config_dir())
+        self.states = ChangelogStates()
+        self.runtime = WorkerRuntime(
+            self.refdata,
+            self.states,
+            settings or config.deadlines(),
+            self.partitions,
+            idle_after,
+        )
+        self.max_records = max_records
+        self.watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
+        self.lock = asyncio.Lock()
+        self.held: set[int] = set()  # partitions whose states are in memory and current
+        self.stopping = asyncio.Event()
+        self.consumer: AIOKafkaConsumer
+        self.producer: AIOKafkaProducer
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await ensure_topics_async(self.bootstrap, self.partitions)
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            linger_ms=5,
+            max_batch_size=512 * 1024,
+            max_request_size=8 * 1024 * 1024,
+            request_timeout_ms=30_000,
+        )
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=WORKER_GROUP,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # A worker that died holds its partitions until the group notices: 10 s.
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            max_poll_records=self.max_records,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_bytes=32 * 1024 * 1024,
+        )
+        await self.producer.start()
+        await self.consumer.start()
+        self.consumer.subscribe([*INPUT_TOPICS, TOPIC_TICKS], listener=_Listener(self))
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        timers = [
+            asyncio.create_task(self._every(TICK_INTERVAL_S, self._tick)),
+            asyncio.create_task(self._every(REFDATA_POLL_S, self._reload_refdata)),
+            asyncio.create_task(self._every(WATCHDOG_POLL_S, self._watch_commits)),
+            asyncio.create_task(self._every(GAUGE_POLL_S, self._gauges)),
+        ]
+        try:
+            await self._loop()
+        finally:
+            for task in timers:
+                task.cancel()
+            await self.consumer.stop()  # leaves the group: the others take over at once
+            await self.producer.stop()
+
+    async def _loop(self) -> None:
+        stopping = asyncio.ensure_future(self.stopping.wait())
+        while not self.stopping.is_set():
+            fetch = asyncio.ensure_future(
+                self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+            )
+            await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not fetch.done():
+                fetch.cancel()
+                break
+            batch = fetch.result()
+            if batch:
+                async with self.lock:
+                    await self.cycle(batch)
+        stopping.cancel()
+
+    # -- one cycle ---------------------------------------------------------------------------
+
+    async def cycle(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Process, make durable, commit: see the module docstring."""
+        runtime, states = self.runtime, self.states
+        feed = runtime.engine.feed
+        outbox = Outbox(self.producer, lambda _: states.current)
+        offsets: dict[TopicPartition, int] = {}
+        cdrs: list[Any] = []
+        dead: list[Any] = []
+        assigned = self.consumer.assignment()
+        for tp, records in batch.items():
+            if tp not in assigned:
+                continue  # fetched before a rebalance took the partition away
+            topic, partition = tp.topic, tp.partition
+            states.current = partition
+            if topic == TOPIC_TICKS:
+                for record in records:
+                    outcome = runtime.on_tick(partition, Source(topic, partition, record.offset))
+                    if outcome.cdrs or outcome.dead:
+                        outbox.add_outcome(outcome)
+                        cdrs += outcome.cdrs
+                        dead += outcome.dead
+            else:
+                for record in records:
+                    outcome = feed(record.value, Source(topic, partition, record.offset), partition)
+                    if outcome.cdrs or outcome.dead:
+                        outbox.add_outcome(outcome, record.key)
+                        cdrs += outcome.cdrs
+                        dead += outcome.dead
+                runtime.last_event_wall[partition] = time.monotonic()
+                metrics.EVENTS.labels(topic).inc(len(records))
+            offsets[tp] = records[-1].offset + 1
+        for key, partition, state in states.changes():
+            outbox.add(
+                TOPIC_CHANGELOG,
+                partition,
+                key.encode(),
+                None if state is None else state_to_bytes(state),
+            )
+        try:
+            await outbox.send()
+        except Exception:
+            log.exception("producing a cycle's outputs failed: restarting this worker")
+            restart_in_place()
+        if cdrs or dead:
+            metrics.record_products(Outcome(cdrs, dead))
+        if offsets:
+            try:
+                await self.consumer.commit(offsets)
+            except Exception as exc:  # a rebalance took partitions: their outputs get re-sent
+                log.warning("commit failed (%s); the next owner re-reads from the last one", exc)
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Drop what we no longer own, read the states of what is new to us from the
+        changelog, then re-send the outputs in doubt of the newly owned partitions."""
+        owned = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}
+        gone, new = self.held - owned, owned - self.held
+        self.states.drop(gone)
+        if new:
+            started = time.monotonic()
+            restored = await self._restore(new)
+            log.info(
+                "read %d call states of partitions %s in %.1fs",
+                restored,
+                sorted(new),
+                time.monotonic() - started,
+            )
+        committed = await known_committed_offsets(self.bootstrap)
+        outcome = self.runtime.on_assigned(owned, committed, in_doubt=new)
+        if outcome.cdrs or outcome.dead:
+            outbox = Outbox(self.producer, lambda call_id: partition_for(call_id, self.partitions))
+            outbox.add_outcome(outcome)
+            await outbox.send()
+            metrics.RESENT.inc(len(outcome.cdrs) + len(outcome.dead))
+        self.held = owned
+        metrics.ASSIGNED.set(len(owned))
+        self.watchdog.reset(time.monotonic())
+
+    async def _restore(self, partitions: set[int]) -> int:
+        """Read the changelog partitions to their current end into the states."""
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        await reader.start()
+        count = 0
+        try:
+            tps = [TopicPartition(TOPIC_CHANGELOG, p) for p in sorted(partitions)]
+            reader.assign(tps)
+            ends = await reader.end_offsets(tps)
+            await reader.seek_to_beginning(*tps)
+            todo = {tp for tp in tps if ends[tp] > 0}
+            while todo:
+                for tp, records in (await reader.getmany(*todo, timeout_ms=1000)).items():
+                    for record in records:
+                        key = record.key.decode()
+                        value = record.value
+                        state = None if value is None else state_from_bytes(value)
+                        self.states.restore(key, tp.partition, state)
+                        count += 1
+                for tp in list(todo):
+                    if await reader.position(tp) >= ends[tp]:
+                        todo.discard(tp)
+        finally:
+            await reader.stop()
+        return count
+
+    # -- timers ------------------------------------------------------------------------------
+
+    async def _every(self, seconds: float, job: Any) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await job()
+            except Exception:
+                log.exception("%s failed", job.__name__)
+
+    async def _tick(self) -> None:
+        """A tick per owned partition into `cdrpipe.ticks` (co-partitioned with the inputs),
+        so that an idle partition's event time still moves, inside the processing cycle."""
+        stamp = orjson.dumps({"wall": datetime.now(UTC).isoformat()})
+        for p in sorted(self.runtime.assigned):
+            await self.producer.send(TOPIC_TICKS, stamp, key=b"tick", partition=p)
+
+    async def _reload_refdata(self) -> None:
+        try:
+            await asyncio.to_thread(self.refdata.reload_if_changed)
+        except RefDataError as exc:
+            log.error("reference data refused, keeping the last good version: %s", exc)
+
+    async def _watch_commits(self) -> None:
+        if not self.runtime.assigned:
+            self.watchdog.reset(time.monotonic())
+            return
+        ends: dict[TP, int] = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                ends[(tp.topic, tp.partition)] = high
+        await check_commits(self.watchdog, self.bootstrap, ends)
+
+    async def _gauges(self) -> None:
+        metrics.OPEN_CALLS.set(sum(1 for s in self.states.data.values() if not s.settled))
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Eager rebalance: a cycle in progress finishes before partitions are given up."""
+
+    def __init__(self, worker: BatchWorker) -> None:
+        self.worker = worker
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        async with self.worker.lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        async with self.worker.lock:
+            await self.worker.on_assigned(set(assigned))
+
+
+def run_batch_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:
+    """Run one batch worker process until it is stopped (SIGTERM/SIGINT)."""
+    logging.basicConfig(
+        level=getattr(logging, config.env("CDRPIPE_LOGLEVEL", "warning").upper(), logging.WARNING),
+        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    metrics.serve(metrics_port)
+    asyncio.run(BatchWorker(**kwargs).run())

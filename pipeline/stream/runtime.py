@@ -1,0 +1,166 @@
+"""What both worker engines (the Faust agent and the batch worker) share around the `Engine`.
+
+A worker owns some partitions, feeds their messages to the engine, moves idle partitions'
+event time on with ticks, and after every (re)assignment re-sends the outputs a crash may
+have lost. How messages arrive and how call states are made durable differ per engine
+(`pipeline.stream.app`, `pipeline.stream.batch`); the decisions do not, so they live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterable, Mapping, MutableMapping
+from datetime import timedelta
+
+from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
+from pipeline.core.engine import Engine, Outcome
+from pipeline.core.model import Source
+from pipeline.core.refdata import RefDataHolder
+from pipeline.stream.progress import WORKER_GROUP, committed_offsets
+from pipeline.stream.watchdog import TP, CommitWatchdog
+
+log = logging.getLogger(__name__)
+
+
+class States(MutableMapping[str, CallState]):
+    """Call id -> CallState as a worker keeps them."""
+
+    def refresh(self) -> None:
+        """Drop anything derived from the durable copy (a decode cache) before a recovery
+        reads every state."""
+
+
+class WorkerRuntime:
+    """Per-process state around the engine: idle clocks and partition bookkeeping."""
+
+    def __init__(
+        self,
+        refdata: RefDataHolder,
+        states: States,
+        settings: Settings,
+        partitions: int,
+        idle_after: float,
+    ) -> None:
+        self.states = states
+        self.settings = settings
+        self.partitions = partitions
+        self.idle_after = idle_after
+        self.engine = Engine(refdata, states, settings, partitions)
+        self.last_event_wall: dict[int, float] = {}
+        self.assigned: set[int] = set()
+
+    def on_message(self, value: bytes, topic: str, partition: int, offset: int) -> Outcome:
+        self.last_event_wall[partition] = time.monotonic()
+        return self.engine.feed(value, Source(topic, partition, offset), partition)
+
+    def on_tick(self, partition: int, source: Source | None = None) -> Outcome:
+        """Idle partition: let event time follow the wall clock from its last event."""
+        last = self.last_event_wall.get(partition)
+        watermark = self.engine.correlator.watermark(partition)
+        if last is None or watermark is None:
+            return Outcome()
+        idle = time.monotonic() - last
+        if idle < self.idle_after:
+            return Outcome()
+        self.last_event_wall[partition] = time.monotonic()
+        return self.engine.advance(partition, watermark + timedelta(seconds=idle), source)
+
+    def on_assigned(
+        self,
+        partitions: set[int],
+        committed: Mapping[TP, int] | None = None,
+        in_doubt: Iterable[int] | None = None,
+    ) -> Outcome:
+        """After a rebalance and state recovery: re-index deadlines of what we now own, and
+        return the outputs that may have been lost.
+
+        State writes and outputs travel as separate Kafka messages, so a crash can leave
+        a state durable whose CDR or dead letters never reached Kafka. Offsets are
+        committed only after the producer flushed, so exactly the outputs triggered by
+        messages at or after the `committed` offset of their topic-partition are in
+        doubt: those are sent again (the store keeps one row per call id and revision;
+        dead letters carry their source offset, so a DLQ reader can drop repeats).
+        `in_doubt` limits that to the partitions whose states were just recovered (a
+        worker that kept a partition through the rebalance lost nothing of it); default:
+        all of `partitions`.
+        """
+        committed = committed or {}
+        doubt = set(partitions if in_doubt is None else in_doubt)
+        self.states.refresh()
+        correlator = Correlator(self.states, self.settings)
+        by_partition: dict[int, list[str]] = {p: [] for p in partitions}
+        doubtful: list[CallState] = []
+        for call_id in self.states:
+            p = partition_for(call_id, self.partitions)
+            if p in by_partition:
+                by_partition[p].append(call_id)
+                if p not in doubt:
+                    continue
+                state = self.states[call_id]
+                t = state.trigger
+                if t is not None and t.offset >= committed.get((t.topic, t.partition), 0):
+                    doubtful.append(state)
+        for p, ids in by_partition.items():
+            correlator.rebuild(p, ids)
+        self.engine.correlator = correlator
+        self.assigned = partitions
+        now = time.monotonic()
+        self.last_event_wall = {p: now for p in partitions}
+        log.info(
+            "assigned partitions %s with %d open or remembered calls; resending the output of %d",
+            sorted(partitions),
+            sum(len(v) for v in by_partition.values()),
+            len(doubtful),
+        )
+        return self.engine.resend(doubtful)
+
+
+async def known_committed_offsets(bootstrap: str, wait_s: float = 60.0) -> dict[TP, int]:
+    """The group's committed offsets, retried while the coordinator is not answering (after
+    a broker restart it needs some seconds). Re-sending outputs in doubt (and the Faust
+    worker's commit fence) start from them, so a guess is never good enough: if the broker
+    does not answer within `wait_s`, the worker restarts and tries again."""
+    deadline = time.monotonic() + wait_s
+    delay = 0.2
+    while True:
+        try:
+            return await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
+        except Exception as exc:
+            if time.monotonic() > deadline:
+                log.error("committed offsets unavailable (%s): restarting this worker", exc)
+                restart_in_place()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def check_commits(watchdog: CommitWatchdog, bootstrap: str, ends: Mapping[TP, int]) -> None:
+    """Restart this worker if an owned partition with waiting messages (`ends`: its end
+    offset) has not seen a commit for `watchdog.stall_s`. A broker that does not answer is
+    no stall of ours."""
+    try:
+        committed = await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
+    except Exception:
+        watchdog.reset(time.monotonic())
+        return
+    stalled = watchdog.check(committed, ends, time.monotonic())
+    if stalled:
+        log.error(
+            "no commit for %.0fs on %s despite waiting messages: restarting this worker",
+            watchdog.stall_s,
+            sorted(stalled),
+        )
+        restart_in_place()
+
+
+def restart_in_place() -> None:
+    """Replace this process by a fresh worker with the same arguments (same pid, so
+    supervisors see no exit). Like a crash, it is covered by at-least-once processing."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "pipeline.cli", *_ARGV])
+
+
+_ARGV = list(sys.argv[1:])  # before Faust's command line handling sees them
