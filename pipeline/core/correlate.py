@@ -31,13 +31,14 @@ outputs may be missing (`Correlator.outputs`) and send them again.
 from __future__ import annotations
 
 import heapq
-from collections.abc import MutableMapping
+import struct
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Literal
 
-from pipeline.core.model import Event, Source
+from pipeline.core.model import Event, Source, slot_constructor
 
 DEFAULT_MAX_CALL_DURATION = timedelta(hours=4)
 DEFAULT_ORPHAN_WAIT = timedelta(hours=1)
@@ -117,6 +118,10 @@ class CallState:
 
 
 DeadlineKind = Literal["orphan", "timeout", "forget"]
+
+#: ``CallState(*fields)`` and ``Held(event, raw, source)``, cheaper (see `slot_constructor`).
+make_state: Callable[..., CallState] = slot_constructor(CallState)
+make_held: Callable[[Event, bytes, Source], Held] = slot_constructor(Held)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,48 +231,103 @@ class Correlator:
 
     def process(self, held: Held, partition: int) -> list[Action]:
         """Apply one valid event, then run the partition's deadlines up to its watermark."""
-        part = self._partitions.setdefault(partition, _Partition())
+        part = self._partitions.get(partition)
+        if part is None:
+            part = self._partitions[partition] = _Partition()
         event = held.event
+        kind, ts = event.kind, event.ts
         state = self.states.get(event.id)
         if state is not None and state.orphaned_at is not None:  # a dead-lettered call
             if state.holds(held):
                 actions: list[Action] = [Duplicate(event.id)]  # already dead-lettered
-            elif event.kind == "start":
+            elif kind == "start":
                 actions = self._apply(None, held, part)  # the start, at last: a call anew
             else:  # more of an orphan: dead-lettered at once, and remembered with the rest
-                self.states[event.id] = replace(state, **{event.kind: held}, trigger=held.source)
+                self.states[event.id] = replace(state, **{kind: held}, trigger=held.source)
                 reason = orphan_reason(event.id, self.settings)
                 actions = [DeadLetter(held.raw, held.source, reason, "orphan", event.id)]
         else:
             actions = self._apply(state, held, part)
-        part.saw(event.kind, event.ts)
-        actions.extend(self._expire(part, held.source))
+        # part.saw(kind, ts), inline
+        newest = part.newest
+        old = newest.get(kind)
+        if old is None or ts > old:
+            newest[kind] = ts
+            if len(newest) == 3:
+                part.watermark = min(newest.values())
+        heap, wm = part.deadlines, part.watermark
+        if heap and wm is not None and heap[0][0] <= wm:
+            actions.extend(self._expire(part, held.source))
         return actions
 
     def _apply(self, state: CallState | None, held: Held, part: _Partition) -> list[Action]:
+        """`merge` the event into the state, correct a timeout its end ends, emit a CDR version
+        if the call is complete, store the state and index its deadline: written out for the
+        hot path (one CallState per event instead of up to three)."""
         event = held.event
-        if (
-            state is None
-            and part.watermark is not None
-            and event.ts <= part.watermark - self.settings.memory
-        ):
-            reason = (
-                f"late: {event.kind} for call {event.id} at {event.ts.isoformat()} is older"
-                f" than the {self.settings.memory} memory window"
+        kind, ts, call_id = event.kind, event.ts, event.id
+        settings = self.settings
+        if state is None:
+            wm = part.watermark
+            if wm is not None and ts <= wm - settings.memory:
+                reason = (
+                    f"late: {kind} for call {call_id} at {ts.isoformat()} is older"
+                    f" than the {settings.memory} memory window"
+                )
+                return [DeadLetter(held.raw, held.source, reason, "late", call_id)]
+            state_id = call_id
+            start = connect = end = None
+            timed_out_at = None
+            revision = 0
+            current = None
+        else:
+            state_id = state.id
+            start, connect, end = state.start, state.connect, state.end
+            timed_out_at, revision = state.timed_out_at, state.revision
+            current = start if kind == "start" else connect if kind == "connect" else end
+        if current is not None:
+            # current.sort_key() <= held.sort_key(): the event changes nothing
+            seen = current.event.ts
+            if seen < ts or (seen == ts and current.raw <= held.raw):
+                return [Duplicate(call_id)]
+            actions: list[Action] = [Duplicate(call_id)]  # the one it displaces
+        else:
+            actions = []
+        if kind == "start":
+            start = held
+        elif kind == "connect":
+            connect = held
+        else:
+            end = held
+        if end is not None and timed_out_at is not None:
+            timed_out_at = None  # the real end corrects a timeout
+        if start is not None and (end is not None or timed_out_at is not None):  # complete
+            revision += 1
+            new = make_state(
+                state_id, start, connect, end, timed_out_at, revision, None, held.source
             )
-            return [DeadLetter(held.raw, held.source, reason, "late", event.id)]
-        actions: list[Action] = []
-        new, changed = merge(state, held)
-        if not changed or getattr(state, event.kind, None) is not None:
-            actions.append(Duplicate(event.id))  # this event, or the one it displaced
-        if changed:
-            if new.end is not None and new.timed_out_at is not None:
-                new = replace(new, timed_out_at=None)  # the real end corrects a timeout
-            if new.complete:
-                new = replace(new, revision=new.revision + 1, trigger=held.source)
-                actions.append(Emit(new))
-            self.states[event.id] = new
-            heapq.heappush(part.deadlines, (new.deadline(self.settings)[0], event.id))
+            actions.append(Emit(new))
+            # CallState.deadline: last_ts() + memory ("forget")
+            last = start.event.ts
+            for h in (connect, end):
+                if h is not None and h.event.ts > last:
+                    last = h.event.ts
+            if timed_out_at is not None and timed_out_at > last:
+                last = timed_out_at
+            due = last + settings.memory
+        else:
+            new = make_state(state_id, start, connect, end, timed_out_at, revision, None, None)
+            if start is None:  # CallState.deadline: first_ts() + orphan_wait ("orphan")
+                first = None
+                for h in (connect, end):
+                    if h is not None and (first is None or h.event.ts < first):
+                        first = h.event.ts
+                assert first is not None
+                due = first + settings.orphan_wait
+            else:  # CallState.deadline: start + max_call_duration ("timeout")
+                due = start.event.ts + settings.max_call_duration
+        self.states[call_id] = new
+        heapq.heappush(part.deadlines, (due, call_id))
         return actions
 
     def advance(
@@ -326,28 +386,30 @@ class Correlator:
         return sum(1 for s in self.states.values() if not s.settled)
 
 
+_BLOCKS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}  # n -> unpack n LE uint32 blocks
+
+
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 hash (as in the Java client's default partitioner)."""
     length = len(data)
-    seed = 0x9747B28C
     m = 0x5BD1E995
-    r = 24
-    h = (seed ^ length) & 0xFFFFFFFF
-    nblocks = length // 4
-    for i in range(nblocks):
-        k = int.from_bytes(data[4 * i : 4 * i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF  # seed ^ length
+    nblocks = length >> 2
+    if nblocks:
+        blocks = _BLOCKS.get(nblocks)
+        if blocks is None:
+            blocks = _BLOCKS[nblocks] = struct.Struct(f"<{nblocks}I").unpack_from
+        for k in blocks(data):
+            k = (k * m) & 0xFFFFFFFF
+            k ^= k >> 24
+            h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
     tail = length & 3
-    base = nblocks * 4
-    if tail == 3:
-        h ^= data[base + 2] << 16
-    if tail >= 2:
-        h ^= data[base + 1] << 8
-    if tail >= 1:
+    if tail:
+        base = nblocks << 2
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
         h ^= data[base]
         h = (h * m) & 0xFFFFFFFF
     h ^= h >> 13

@@ -19,12 +19,12 @@ from pipeline.core.correlate import (
     DeadLetter,
     Duplicate,
     Emit,
-    Held,
     Settings,
+    make_held,
     partition_for,
 )
 from pipeline.core.events import InvalidEvent, parse_event
-from pipeline.core.model import CDR, Source
+from pipeline.core.model import CDR, Source, slot_constructor
 from pipeline.core.refdata import RefDataHolder
 
 
@@ -34,6 +34,10 @@ class Outcome:
 
     cdrs: list[CDR] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
+
+
+_outcome = slot_constructor(Outcome)  # _outcome(cdrs, dead): Outcome(cdrs, dead), cheaper
+_source = slot_constructor(Source)
 
 
 class Engine:
@@ -73,12 +77,15 @@ class Engine:
             event = parse_event(raw, now=now)
         except InvalidEvent as exc:
             self.counters["dlq_invalid"] += 1
-            return Outcome(dead=[DeadLetter(raw, source, exc.reason, "invalid")])
+            return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
         self.counters["events"] += 1
         if partition is None:
             partition = partition_for(event.id, self.partitions)
-            source = Source(source.topic, partition, source.offset)
-        return self._carry(self.correlator.process(Held(event, raw, source), partition))
+            source = _source(source.topic, partition, source.offset)
+        actions = self.correlator.process(make_held(event, raw, source), partition)
+        if not actions:
+            return _outcome([], [])
+        return self._carry(actions)
 
     def advance(
         self, partition: int, watermark: datetime, trigger: Source | None = None
@@ -99,19 +106,20 @@ class Engine:
         return out
 
     def _carry(self, actions: list) -> Outcome:
-        out = Outcome()
+        out = _outcome([], [])
         counters = self.counters
         for action in actions:
-            if isinstance(action, Emit):
+            kind = type(action)
+            if kind is Duplicate:
+                counters["duplicates"] += 1
+            elif kind is Emit:
                 out.cdrs.append(self.build(action.state))
                 counters["cdrs"] += 1
                 if action.state.timed_out_at is not None and action.state.end is None:
                     counters["timeouts"] += 1
-            elif isinstance(action, DeadLetter):
+            elif kind is DeadLetter:
                 out.dead.append(action)
                 counters[f"dlq_{action.kind}"] += 1
-            elif isinstance(action, Duplicate):
-                counters["duplicates"] += 1
         return out
 
     def build(self, state: CallState) -> CDR:

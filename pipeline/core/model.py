@@ -6,7 +6,8 @@ ClickHouse store and the exports agree on one shape without importing each other
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
@@ -94,3 +95,25 @@ class CDR:
     rated: bool = True
     timed_out: bool = False
     revision: int = 1
+
+
+def slot_constructor(cls: type[Any]) -> Callable[..., Any]:
+    """A function building `cls` (a slots dataclass without ``__post_init__``) from all its
+    field values in field order, equal to ``cls(*values)``, by filling the slots directly.
+
+    For the hot path: a frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__``, about twice as slow; nothing else happens in it.
+    """
+    names = [f.name for f in fields(cls)]
+    if hasattr(cls, "__post_init__") or any(f.init is False for f in fields(cls)):
+        raise TypeError(f"{cls.__name__}: cannot be built slot by slot")
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    lines = [f"def make({', '.join(names)}):", "    self = new(cls)"]
+    for i, name in enumerate(names):
+        namespace[f"set{i}"] = cls.__dict__[name].__set__  # the slot's member descriptor
+        lines.append(f"    set{i}(self, {name})")
+    lines.append("    return self")
+    exec("\n".join(lines), namespace)  # noqa: S102 - our own generated source
+    make: Callable[..., Any] = namespace["make"]
+    make.__qualname__ = make.__name__ = f"make_{cls.__name__}"
+    return make

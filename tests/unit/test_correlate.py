@@ -223,3 +223,11 @@ def test_partition_matches_kafka_default_partitioner():
         key = f"gw-{rnd.randrange(10**9)}-{'x' * (n % 7)}"
         assert murmur2(key.encode()) == kafka_murmur2(key.encode()) & 0xFFFFFFFF
         assert 0 <= partition_for(key, 8) < 8
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=64))
+def test_murmur2_matches_kafka_on_any_bytes(data):
+    from aiokafka.partitioner import murmur2 as kafka_murmur2
+
+    assert murmur2(data) == kafka_murmur2(data) & 0xFFFFFFFF
