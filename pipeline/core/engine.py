@@ -87,6 +87,22 @@ class Engine:
             return _outcome([], [])
         return self._carry(actions)
 
+    def feed_line(self, raw: bytes, topic: str, offset: int) -> Outcome:
+        """``feed(raw, Source(topic, 0, offset))`` for offline replay, one `Source` cheaper."""
+        try:
+            event = parse_event(raw)
+        except InvalidEvent as exc:
+            self.counters["dlq_invalid"] += 1
+            source = _source(topic, 0, offset)
+            return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
+        self.counters["events"] += 1
+        partition = partition_for(event.id, self.partitions)
+        held = make_held(event, raw, _source(topic, partition, offset))
+        actions = self.correlator.process(held, partition)
+        if not actions:
+            return _outcome([], [])
+        return self._carry(actions)
+
     def advance(
         self, partition: int, watermark: datetime, trigger: Source | None = None
     ) -> Outcome:
