@@ -52,7 +52,7 @@ import orjson
 from pipeline.core.correlate import DeadLetter, Settings, murmur2
 from pipeline.core.engine import Engine
 from pipeline.core.events import MAX_MESSAGE_BYTES
-from pipeline.core.model import CDR, Source
+from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import (
     DEFAULT_PARTITIONS,
@@ -186,7 +186,7 @@ def _work(
     """
     try:
         engine = Engine(refdata, settings=settings, partitions=partitions)
-        feed = engine.feed
+        feed = engine.feed_line
         with fewer_gc_passes() as settle:
             while True:
                 message = inbox.get()
@@ -198,7 +198,7 @@ def _work(
                 cdrs: list[CDR] = []
                 dead: list[tuple[int, DeadLetter]] = []
                 for number, raw in zip(numbers, raws, strict=True):
-                    out = feed(raw, Source(name, 0, number))
+                    out = feed(raw, name, number)  # = Engine.feed(raw, Source(name, 0, number))
                     if out.cdrs:
                         for cdr in out.cdrs:
                             keys.append(2 * number)

@@ -216,10 +216,10 @@ def test_worker_failure_is_reported(events, refdata, monkeypatch):
     import pipeline.replay_parallel as parallel
 
     class Broken(parallel.Engine):
-        def feed(self, raw, source, *args, **kwargs):
-            if source.offset == 1000:
+        def feed_line(self, raw, topic, offset, *args, **kwargs):
+            if offset == 1000:
                 raise RuntimeError("engine bug")
-            return super().feed(raw, source, *args, **kwargs)
+            return super().feed_line(raw, topic, offset, *args, **kwargs)
 
     monkeypatch.setattr(parallel, "Engine", Broken)  # inherited by the forked workers
     with pytest.raises(RuntimeError, match="engine bug"):
