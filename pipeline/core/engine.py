@@ -36,6 +36,7 @@ class Outcome:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
+_ROUTES = 1 << 18  # call ids whose partition an Engine remembers before it starts afresh
 _outcome = slot_constructor(Outcome)  # _outcome(cdrs, dead): Outcome(cdrs, dead), cheaper
 _source = slot_constructor(Source)
 
@@ -59,6 +60,16 @@ class Engine:
         self.partitions = partitions
         self.correlator = Correlator(states if states is not None else {}, settings)
         self.counters: Counter[str] = Counter()
+        self._routes: dict[str, int] = {}  # call id -> partition_for(call id, partitions)
+
+    def _route(self, call_id: str) -> int:
+        """`partition_for(call_id, self.partitions)`, remembered in a plain dict."""
+        partition = partition_for(call_id, self.partitions)
+        routes = self._routes
+        if len(routes) >= _ROUTES:
+            routes.clear()
+        routes[call_id] = partition
+        return partition
 
     def feed(
         self,
@@ -80,7 +91,9 @@ class Engine:
             return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
         self.counters["events"] += 1
         if partition is None:
-            partition = partition_for(event.id, self.partitions)
+            partition = self._routes.get(event.id)
+            if partition is None:
+                partition = self._route(event.id)
             source = _source(source.topic, partition, source.offset)
         actions = self.correlator.process(make_held(event, raw, source), partition)
         if not actions:
@@ -96,7 +109,9 @@ class Engine:
             source = _source(topic, 0, offset)
             return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
         self.counters["events"] += 1
-        partition = partition_for(event.id, self.partitions)
+        partition = self._routes.get(event.id)
+        if partition is None:
+            partition = self._route(event.id)
         held = make_held(event, raw, _source(topic, partition, offset))
         actions = self.correlator.process(held, partition)
         if not actions:

@@ -369,6 +369,7 @@ def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime], Event]:
     if not own <= set(names) or hasattr(Event, "__post_init__"):
         raise _Unsupported(f"{kind}: Event cannot be built field by field")
     known = frozenset(own | {"event", "ts"})
+    required = set(_load_schema(f"{kind}.schema.json").get("required", ()))
     namespace: dict[str, Any] = {"new": object.__new__, "Event": Event, "known": known}
     lines = [
         "def build(data, ts):",
@@ -384,6 +385,8 @@ def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime], Event]:
             value = repr(kind)
         elif name in ("ts", "extra"):
             value = name
+        elif name in required:  # present in every message the schema accepts
+            value = f"data[{name!r}]"
         elif name in own:
             value = f"data.get({name!r})"
         else:
@@ -414,7 +417,11 @@ def _kinds() -> dict[str, _Kind]:
         except _Unsupported:
             accept = build = None
         out[kind] = (validate, accept, build)
-    return out
+    _KINDS.update(out)
+    return _KINDS
+
+
+_KINDS: dict[str, _Kind] = {}  # _kinds(), once it was called: without the call per event
 
 
 def event_from_dict(data: dict[str, Any], *, now: datetime | None = None) -> Event:
@@ -424,7 +431,7 @@ def event_from_dict(data: dict[str, Any], *, now: datetime | None = None) -> Eve
     (`fast_validators`); anything it does not accept goes through fastjsonschema, which gives
     the reason for a refusal."""
     kind: Any = data.get("event")
-    entry = _kinds().get(kind) if isinstance(kind, str) else None
+    entry = (_KINDS or _kinds()).get(kind) if isinstance(kind, str) else None
     if entry is None:
         got = _shown(kind) if "event" in data else "no event field"
         raise InvalidEvent(f"event: must be one of {', '.join(KINDS)}, got {got}")

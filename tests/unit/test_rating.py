@@ -266,3 +266,26 @@ def test_decks_are_separate_and_unknown_deck_or_prefix_is_none():
 def test_book_properties():
     assert BOOK.decks == {"d", "other"}
     assert len(BOOK) == 10
+
+
+def test_remembered_charges_equal_fresh_ones_whatever_the_notation():
+    """`charge` remembers sums by value: a rate written 0.0100 or 0.01 (equal keys) must give
+    the very same result, digits and exponent, as computing afresh."""
+    import random
+
+    from pipeline.core.rating import _charged
+
+    rnd = random.Random(3)
+    rates = [Decimal(f"0.{rnd.randrange(10**6):06d}") for _ in range(20)]
+    variants = [r for v in rates for r in (v, v.normalize(), Decimal(f"{v}000"))]
+    for _ in range(20_000):
+        fee, initial_rate, rate = (rnd.choice(variants) for _ in range(3))
+        initial, recurring = rnd.choice([(1, 1), (30, 6), (60, 60)])
+        duration = rnd.randrange(0, 4000)
+        billed = billing_duration(duration, initial, recurring)
+        got = charge(duration, billed, fee, initial_rate, rate, initial)
+        if duration <= 0:
+            continue
+        extra = max(0, billed - initial)
+        fresh = _charged.__wrapped__(extra, fee, initial_rate, rate, initial)
+        assert (str(got), got.as_tuple()) == (str(fresh), fresh.as_tuple())
