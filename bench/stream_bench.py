@@ -1,8 +1,8 @@
 """Streaming throughput and latency on the real local broker.
 
-    python bench/stream_bench.py --calls 100000 --workers 1 2
+    python bench/stream_bench.py --calls 100000 --workers 1 2 --engines batch faust
 
-For each worker count, in one run and on one fresh broker per measurement:
+For each worker engine and worker count, in one run and on one fresh broker per measurement:
 1. the raw aiokafka consume rate of the same input topics (the ceiling),
 2. worker(s) + sink draining a pre-loaded backlog: events/s from the first
    committed offset to the last,
@@ -100,11 +100,14 @@ async def paced(bootstrap: str, messages, rate: float) -> dict[str, float]:
     return ends
 
 
-def measure(workers: int, calls: int, latency_calls: int, rate: float, tmp: Path) -> dict:
+def measure(
+    engine: str, workers: int, calls: int, latency_calls: int, rate: float, tmp: Path
+) -> dict:
     port, cport = free_port(), free_port()
-    kafka = LocalKafka(data_dir=tmp / f"kafka-{workers}", port=port, controller_port=cport)
+    tag = f"{engine}-{workers}"
+    kafka = LocalKafka(data_dir=tmp / f"kafka-{tag}", port=port, controller_port=cport)
     kafka.start()
-    result: dict = {"workers": workers}
+    result: dict = {"engine": engine, "workers": workers}
     try:
         ensure_topics(kafka.bootstrap, 8)
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
@@ -114,9 +117,10 @@ def measure(workers: int, calls: int, latency_calls: int, rate: float, tmp: Path
         total = sum(asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS)).values())
         result["events"] = total
         result["raw_consume"] = asyncio.run(raw_consume_rate(kafka.bootstrap, total))
-        store = f"chdb://{tmp / f'store-{workers}'}"
-        pipeline = Pipeline(kafka.bootstrap, store, tmp / f"logs-{workers}", workers,
-                            {"CDRPIPE_DATA": str(tmp / f"data-{workers}")})
+        store = f"chdb://{tmp / f'store-{tag}'}"
+        pipeline = Pipeline(kafka.bootstrap, store, tmp / f"logs-{tag}", workers,
+                            {"CDRPIPE_DATA": str(tmp / f"data-{tag}"),
+                             "CDRPIPE_WORKER_ENGINE": engine})
         pipeline.start()
         try:
             result["drain"] = asyncio.run(drain_rate(kafka.bootstrap, total, pipeline))
@@ -151,18 +155,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--engines", nargs="+", default=["batch"], choices=["batch", "faust"])
     parser.add_argument("--latency-calls", type=int, default=3000)
     parser.add_argument("--rate", type=float, default=1000.0, help="paced events/s for latency")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-stream-bench-"))
-    print("| date | machine | workers | events | raw aiokafka consume (ev/s) | pipeline drain "
-          f"(ev/s) | ratio | latency p50 / p99 (s) at {args.rate:.0f} ev/s |")
-    for w in args.workers:
-        r = measure(w, args.calls, args.latency_calls, args.rate, tmp)
-        print(f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} cores "
-              f"| {w} | {r['events']:,} | {r['raw_consume']:,.0f} | {r['drain']:,.0f} | "
-              f"{r['drain'] / r['raw_consume']:.2f} | {r['p50']:.2f} / {r['p99']:.2f} "
-              f"(n={r['latency_n']}) |", flush=True)
+    print("| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
+          f"| pipeline drain (ev/s) | ratio | latency p50 / p99 (s) at {args.rate:.0f} ev/s |")
+    for engine in args.engines:
+        for w in args.workers:
+            r = measure(engine, w, args.calls, args.latency_calls, args.rate, tmp)
+            print(f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
+                  f"cores | {engine} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
+                  f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | "
+                  f"{r['p50']:.2f} / {r['p99']:.2f} (n={r['latency_n']}) |", flush=True)
 
 
 if __name__ == "__main__":

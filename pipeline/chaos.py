@@ -46,7 +46,7 @@ from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
-from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_DLQ, ensure_topics
+from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_DLQ, TOPIC_TICKS, ensure_topics
 from pipeline.replay import replay_file
 from pipeline.simulate import SimConfig, SimMessage, generate, produce, write_jsonl
 from pipeline.store.client import connect
@@ -557,8 +557,18 @@ class ChaosRun:
 
         def end() -> None:
             time.sleep(self.plan.outage_s)
-            backlog = asyncio.run(group_lag(self.kafka.bootstrap, SINK_GROUP, (TOPIC_CDR,)))
-            self.hold_file.unlink()
+            backlog = -1
+            try:  # the broker may be restarting just now: retry, and end the outage regardless
+                give_up = time.monotonic() + 60
+                while backlog < 0 and time.monotonic() < give_up:
+                    try:
+                        lag = group_lag(self.kafka.bootstrap, SINK_GROUP, (TOPIC_CDR,))
+                        backlog = asyncio.run(lag)
+                    except Exception as exc:
+                        self.log(f"backlog at the end of the outage not known yet: {exc!r}")
+                        time.sleep(2)
+            finally:
+                self.hold_file.unlink()
             samples = self.supervisor.watch.pop("sink", [])
             self.report.outage = {
                 "seconds": self.plan.outage_s,
@@ -572,11 +582,17 @@ class ChaosRun:
         self.outage_thread.start()
 
     def worker_commits(self) -> int:
+        """Sum of the workers' committed offsets, ticks included: with no input waiting (a
+        fast worker drains each segment before the harm), ticks are what they commit."""
         try:
             committed = asyncio.run(committed_offsets(self.kafka.bootstrap, WORKER_GROUP))
         except Exception:  # broker still coming up
             return -1
-        return sum(v for (topic, _), v in committed.items() if topic in INPUT_TOPICS)
+        return sum(
+            v
+            for (topic, _), v in committed.items()
+            if topic in INPUT_TOPICS or topic == TOPIC_TICKS
+        )
 
     def wait_backlog(self, below: int) -> None:
         def small() -> bool:

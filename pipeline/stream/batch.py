@@ -40,6 +40,7 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Settings, partition_for
@@ -77,6 +78,13 @@ TICK_INTERVAL_S = 1.0
 REFDATA_POLL_S = 5.0
 WATCHDOG_POLL_S = 10.0
 GAUGE_POLL_S = 5.0
+# Partition p of every input topic (and of the ticks) must go to the same worker: a call's
+# three events are on partition p of three topics. The range assignor lays out each topic's
+# partitions in the same member order, so it co-partitions topics of equal partition counts;
+# aiokafka's default (round robin over all topic-partitions) does not once the worker count
+# does not divide the partition count.
+ASSIGNOR = RangePartitionAssignor
+COMMIT_TIMEOUT_S = 10.0
 
 
 class ChangelogStates(States):
@@ -210,6 +218,9 @@ class BatchWorker:
         self.lock = asyncio.Lock()
         self.held: set[int] = set()  # partitions whose states are in memory and current
         self.stopping = asyncio.Event()
+        # Last time the processing loop or a recovery made progress: the watchdog restarts
+        # a worker whose loop is stuck (a hang is worse than a crash: nothing recovers it).
+        self.alive_at = time.monotonic()
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
 
@@ -234,6 +245,7 @@ class BatchWorker:
             session_timeout_ms=10_000,
             heartbeat_interval_ms=2_000,
             max_poll_records=self.max_records,
+            partition_assignment_strategy=(ASSIGNOR,),
             max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
         )
@@ -242,7 +254,8 @@ class BatchWorker:
         self.consumer.subscribe([*INPUT_TOPICS, TOPIC_TICKS], listener=_Listener(self))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
+            loop.add_signal_handler(sig, self._stop, sig)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         timers = [
             asyncio.create_task(self._every(TICK_INTERVAL_S, self._tick)),
             asyncio.create_task(self._every(REFDATA_POLL_S, self._reload_refdata)),
@@ -251,11 +264,17 @@ class BatchWorker:
         ]
         try:
             await self._loop()
+            if not self.stopping.is_set():
+                raise RuntimeError("the processing loop ended without being asked to stop")
         finally:
             for task in timers:
                 task.cancel()
             await self.consumer.stop()  # leaves the group: the others take over at once
             await self.producer.stop()
+
+    def _stop(self, sig: signal.Signals) -> None:
+        log.warning("%s: finishing the cycle in progress, then leaving the group", sig.name)
+        self.stopping.set()
 
     async def _loop(self) -> None:
         stopping = asyncio.ensure_future(self.stopping.wait())
@@ -271,6 +290,7 @@ class BatchWorker:
             if batch:
                 async with self.lock:
                     await self.cycle(batch)
+            self.alive_at = time.monotonic()
         stopping.cancel()
 
     # -- one cycle ---------------------------------------------------------------------------
@@ -321,10 +341,14 @@ class BatchWorker:
         if cdrs or dead:
             metrics.record_products(Outcome(cdrs, dead))
         if offsets:
+            # Bounded: a commit waits for the group coordinator, and after a broker restart the
+            # coordinator's rebalance may be waiting for this very cycle (the lock). Everything
+            # the commit covers is durable, so failing to commit only means reading it again
+            # (the next owner re-sends the outputs in doubt).
             try:
-                await self.consumer.commit(offsets)
-            except Exception as exc:  # a rebalance took partitions: their outputs get re-sent
-                log.warning("commit failed (%s); the next owner re-reads from the last one", exc)
+                await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("commit failed (%r); the next owner re-reads from the last one", exc)
 
     # -- rebalances --------------------------------------------------------------------------
 
@@ -353,12 +377,14 @@ class BatchWorker:
         self.held = owned
         metrics.ASSIGNED.set(len(owned))
         self.watchdog.reset(time.monotonic())
+        self.alive_at = time.monotonic()
 
     async def _restore(self, partitions: set[int]) -> int:
         """Read the changelog partitions to their current end into the states."""
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
@@ -368,8 +394,13 @@ class BatchWorker:
             tps = [TopicPartition(TOPIC_CHANGELOG, p) for p in sorted(partitions)]
             reader.assign(tps)
             ends = await reader.end_offsets(tps)
-            await reader.seek_to_beginning(*tps)
-            todo = {tp for tp in tps if ends[tp] > 0}
+            # Explicit offsets: `seek_to_beginning` right after `assign` raced with the
+            # consumer's own position reset and left some partitions at their end - a
+            # recovery that read nothing (found by the reliability suite: lost calls).
+            begins = await reader.beginning_offsets(tps)
+            for tp in tps:
+                reader.seek(tp, begins[tp])
+            todo = {tp for tp in tps if ends[tp] > begins[tp]}
             while todo:
                 for tp, records in (await reader.getmany(*todo, timeout_ms=1000)).items():
                     for record in records:
@@ -378,6 +409,7 @@ class BatchWorker:
                         state = None if value is None else state_from_bytes(value)
                         self.states.restore(key, tp.partition, state)
                         count += 1
+                self.alive_at = time.monotonic()
                 for tp in list(todo):
                     if await reader.position(tp) >= ends[tp]:
                         todo.discard(tp)
@@ -391,7 +423,7 @@ class BatchWorker:
         while True:
             await asyncio.sleep(seconds)
             try:
-                await job()
+                await asyncio.wait_for(job(), max(30.0, 3 * seconds))
             except Exception:
                 log.exception("%s failed", job.__name__)
 
@@ -409,6 +441,10 @@ class BatchWorker:
             log.error("reference data refused, keeping the last good version: %s", exc)
 
     async def _watch_commits(self) -> None:
+        stuck = time.monotonic() - self.alive_at
+        if stuck > self.watchdog.stall_s:
+            log.error("processing loop stuck for %.0fs: restarting this worker", stuck)
+            restart_in_place()
         if not self.runtime.assigned:
             self.watchdog.reset(time.monotonic())
             return
@@ -438,6 +474,35 @@ class _Listener(ConsumerRebalanceListener):
             await self.worker.on_assigned(set(assigned))
 
 
+def dump_tasks() -> None:
+    """`kill -USR1 <pid>`: log where every asyncio task of the worker is waiting."""
+    for task in asyncio.all_tasks():
+        frames = task.get_stack()
+        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
+        log.error("task %s: %s", task.get_name(), where or "(not started)")
+
+
+class RepeatFilter(logging.Filter):
+    """At most one aiokafka record per logger and message template every `every` seconds:
+    while the broker is away, aiokafka logs the same connection error thousands of times a
+    second (13 MB in 10 s, seen in the reliability suite)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        super().__init__()
+        self.every = every
+        self.last: dict[tuple[str, object], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith("aiokafka"):
+            return True
+        key = (record.name, record.msg)
+        now = time.monotonic()
+        if now - self.last.get(key, -self.every) < self.every:
+            return False
+        self.last[key] = now
+        return True
+
+
 def run_batch_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:
     """Run one batch worker process until it is stopped (SIGTERM/SIGINT)."""
     logging.basicConfig(
@@ -445,5 +510,7 @@ def run_batch_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RepeatFilter())
     metrics.serve(metrics_port)
     asyncio.run(BatchWorker(**kwargs).run())

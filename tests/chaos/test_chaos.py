@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from pipeline.chaos import ChaosPlan, ChaosRun
 
 
+@pytest.mark.parametrize("engine", ["batch", "faust"])
 def test_nothing_lost_nothing_doubled_under_kills_broker_restart_and_store_outage(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
 ) -> None:
+    monkeypatch.setenv("CDRPIPE_WORKER_ENGINE", engine)
     plan = ChaosPlan(
         calls=50_000,
         workers=2,
