@@ -34,7 +34,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,6 +84,7 @@ GAUGE_POLL_S = 5.0
 # aiokafka's default (round robin over all topic-partitions) does not once the worker count
 # does not divide the partition count.
 ASSIGNOR = RangePartitionAssignor
+OWN_TOPICS = (*INPUT_TOPICS, TOPIC_TICKS)  # what a worker consumes, partition by partition
 COMMIT_TIMEOUT_S = 10.0
 
 
@@ -217,6 +218,7 @@ class BatchWorker:
         self.watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
         self.lock = asyncio.Lock()
         self.held: set[int] = set()  # partitions whose states are in memory and current
+        self.position: dict[TP, int] = {}  # next offset to process, per owned topic-partition
         self.stopping = asyncio.Event()
         # Last time the processing loop or a recovery made progress: the watchdog restarts
         # a worker whose loop is stuck (a hang is worse than a crash: nothing recovers it).
@@ -251,7 +253,7 @@ class BatchWorker:
         )
         await self.producer.start()
         await self.consumer.start()
-        self.consumer.subscribe([*INPUT_TOPICS, TOPIC_TICKS], listener=_Listener(self))
+        self.consumer.subscribe(list(OWN_TOPICS), listener=_Listener(self))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig)
@@ -325,7 +327,7 @@ class BatchWorker:
                         dead += outcome.dead
                 runtime.last_event_wall[partition] = time.monotonic()
                 metrics.EVENTS.labels(topic).inc(len(records))
-            offsets[tp] = records[-1].offset + 1
+            offsets[tp] = self.position[(topic, partition)] = records[-1].offset + 1
         for key, partition, state in states.changes():
             outbox.add(
                 TOPIC_CHANGELOG,
@@ -356,8 +358,10 @@ class BatchWorker:
         """Drop what we no longer own, read the states of what is new to us from the
         changelog, then re-send the outputs in doubt of the newly owned partitions."""
         owned = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}
-        gone, new = self.held - owned, owned - self.held
-        self.states.drop(gone)
+        committed = await known_committed_offsets(self.bootstrap)
+        stale = stale_partitions(owned & self.held, committed, self.position)
+        gone, new = self.held - owned, (owned - self.held) | stale
+        self.states.drop(gone | stale)
         if new:
             started = time.monotonic()
             restored = await self._restore(new)
@@ -367,7 +371,9 @@ class BatchWorker:
                 sorted(new),
                 time.monotonic() - started,
             )
-        committed = await known_committed_offsets(self.bootstrap)
+        for p in new:
+            for t in OWN_TOPICS:
+                self.position[(t, p)] = committed.get((t, p), 0)
         outcome = self.runtime.on_assigned(owned, committed, in_doubt=new)
         if outcome.cdrs or outcome.dead:
             outbox = Outbox(self.producer, lambda call_id: partition_for(call_id, self.partitions))
@@ -457,6 +463,22 @@ class BatchWorker:
 
     async def _gauges(self) -> None:
         metrics.OPEN_CALLS.set(sum(1 for s in self.states.data.values() if not s.settled))
+
+
+def stale_partitions(
+    kept: set[int], committed: Mapping[TP, int], position: Mapping[TP, int]
+) -> set[int]:
+    """Partitions we kept through a rebalance whose states are nevertheless out of date.
+
+    Someone else may have processed a partition we hold in memory: this worker stalled past
+    its session timeout and was left out of a generation, and got the partition back. The
+    group then committed beyond what we processed (`position`), and our states are stale.
+    """
+    return {
+        p
+        for p in kept
+        if any(committed.get((t, p), 0) > position.get((t, p), 0) for t in OWN_TOPICS)
+    }
 
 
 class _Listener(ConsumerRebalanceListener):

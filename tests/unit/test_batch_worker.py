@@ -77,3 +77,17 @@ def test_restored_states_are_not_changes_and_drop_forgets_whole_partitions():
     assert set(states) == {"a", "c"}
     states.drop({2})
     assert set(states) == {"a"} and states.get("c") is None
+
+
+def test_a_kept_partition_someone_else_committed_beyond_is_stale():
+    from pipeline.stream.batch import stale_partitions
+
+    position = {("sip.call.start", 1): 50, ("sip.call.end", 1): 40, ("sip.call.start", 2): 7}
+    committed = {
+        ("sip.call.start", 1): 50,  # ours: equal
+        ("sip.call.end", 1): 30,  # ours, our last commit failed: behind, not stale
+        ("sip.call.start", 2): 9,  # another worker went on while we were out of the group
+        ("cdrpipe.ticks", 3): 4,  # nothing of partition 3 processed here yet
+    }
+    assert stale_partitions({1, 2, 3}, committed, position) == {2, 3}
+    assert stale_partitions({1}, committed, position) == set()
