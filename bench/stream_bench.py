@@ -101,7 +101,7 @@ async def paced(bootstrap: str, messages, rate: float) -> dict[str, float]:
 
 
 def measure(
-    engine: str, workers: int, calls: int, latency_calls: int, rate: float, tmp: Path
+    engine: str, workers: int, calls: int, latency_calls: int, rates: list[float], tmp: Path
 ) -> dict:
     port, cport = free_port(), free_port()
     tag = f"{engine}-{workers}"
@@ -125,27 +125,33 @@ def measure(
         try:
             result["drain"] = asyncio.run(drain_rate(kafka.bootstrap, total, pipeline))
             pipeline.wait_stored(timeout_s=600)
-            lat = generate(SimConfig(calls=latency_calls, seed=900 + workers,
-                                     config_dir=str(CONFIG), start=datetime.now(UTC),
-                                     call_rate=rate / 2.6))
-            ends = asyncio.run(paced(kafka.bootstrap, lat.messages, rate))
-            pipeline.wait_stored(timeout_s=600)
+            paced_ends = {}
+            for i, rate in enumerate(rates):
+                lat = generate(SimConfig(calls=latency_calls, seed=900 + 10 * workers + i,
+                                         config_dir=str(CONFIG), start=datetime.now(UTC),
+                                         call_rate=rate / 2.6))
+                t0 = time.perf_counter()
+                ends = asyncio.run(paced(kafka.bootstrap, lat.messages, rate))
+                achieved = len(lat.messages) / (time.perf_counter() - t0)
+                paced_ends[rate] = (ends, achieved)
+                pipeline.wait_stored(timeout_s=600)
         finally:
             pipeline.stop()
         client = connect(store)
         try:
-            rows = []
-            for table in ("cdr_outbound", "cdr_inbound"):
-                rows += client.query(
-                    f"SELECT id, toUnixTimestamp64Milli(ingested_at) FROM {table} FINAL "
-                    "WHERE has({ids:Array(String)}, id)", parameters={"ids": list(ends)},
-                ).result_rows
+            result["latency"] = {}
+            for rate, (ends, achieved) in paced_ends.items():
+                rows = []
+                for table in ("cdr_outbound", "cdr_inbound"):
+                    rows += client.query(
+                        f"SELECT id, toUnixTimestamp64Milli(ingested_at) FROM {table} FINAL "
+                        "WHERE has({ids:Array(String)}, id)", parameters={"ids": list(ends)},
+                    ).result_rows
+                lat_s = sorted(ms / 1000 - ends[i] for i, ms in rows)
+                result["latency"][rate] = (len(lat_s), statistics.median(lat_s),
+                                           lat_s[int(len(lat_s) * 0.99) - 1], achieved)
         finally:
             client.close()
-        lat_s = sorted(ms / 1000 - ends[i] for i, ms in rows)
-        result["latency_n"] = len(lat_s)
-        result["p50"] = statistics.median(lat_s)
-        result["p99"] = lat_s[int(len(lat_s) * 0.99) - 1]
     finally:
         kafka.stop()
     return result
@@ -157,19 +163,24 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", nargs="+", default=["batch"], choices=["batch", "faust"])
     parser.add_argument("--latency-calls", type=int, default=3000)
-    parser.add_argument("--rate", type=float, default=1000.0, help="paced events/s for latency")
+    parser.add_argument("--rate", type=float, nargs="+", default=[1000.0, 10000.0],
+                        help="paced events/s for the latency measurements")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-stream-bench-"))
-    print("| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
-          f"| pipeline drain (ev/s) | ratio | latency p50 / p99 (s) at {args.rate:.0f} ev/s |")
+    rates = " | ".join(f"p50 / p99 (s) at {r:,.0f} ev/s" for r in args.rate)
+    print(f"| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
+          f"| pipeline drain (ev/s) | ratio | {rates} |")
     for engine in args.engines:
         for w in args.workers:
             r = measure(engine, w, args.calls, args.latency_calls, args.rate, tmp)
+            lats = " | ".join(
+                f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
+                for n, p50, p99, achieved in r["latency"].values()
+            )
             print(f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
                   f"cores | {engine} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
-                  f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | "
-                  f"{r['p50']:.2f} / {r['p99']:.2f} (n={r['latency_n']}) |", flush=True)
-
+                  f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | {lats} |",
+                  flush=True)
 
 if __name__ == "__main__":
     main()

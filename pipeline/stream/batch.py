@@ -218,6 +218,9 @@ class BatchWorker:
         self.watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
         self.lock = asyncio.Lock()
         self.held: set[int] = set()  # partitions whose states are in memory and current
+        # Partitions whose messages may be processed now: between a revocation and the end of
+        # the next assignment's recovery, none (see `cycle`).
+        self.ready: set[int] = set()
         self.position: dict[TP, int] = {}  # next offset to process, per owned topic-partition
         self.stopping = asyncio.Event()
         # Last time the processing loop or a recovery made progress: the watchdog restarts
@@ -306,9 +309,16 @@ class BatchWorker:
         cdrs: list[Any] = []
         dead: list[Any] = []
         assigned = self.consumer.assignment()
+        ready = self.ready
         for tp, records in batch.items():
-            if tp not in assigned:
-                continue  # fetched before a rebalance took the partition away
+            if tp.partition not in ready:
+                # Fetched around a rebalance: the partition is being given up, or its states
+                # are not read back yet (the fetcher starts on a new assignment before the
+                # listener has recovered it). Processing now would decide on missing states -
+                # or write states the next owner never reads. Read these messages again later.
+                if tp in assigned:
+                    self.consumer.seek(tp, records[0].offset)
+                continue
             topic, partition = tp.topic, tp.partition
             states.current = partition
             if topic == TOPIC_TICKS:
@@ -380,7 +390,7 @@ class BatchWorker:
             outbox.add_outcome(outcome)
             await outbox.send()
             metrics.RESENT.inc(len(outcome.cdrs) + len(outcome.dead))
-        self.held = owned
+        self.held = self.ready = owned
         metrics.ASSIGNED.set(len(owned))
         self.watchdog.reset(time.monotonic())
         self.alive_at = time.monotonic()
@@ -482,14 +492,15 @@ def stale_partitions(
 
 
 class _Listener(ConsumerRebalanceListener):
-    """Eager rebalance: a cycle in progress finishes before partitions are given up."""
+    """Eager rebalance: a cycle in progress finishes before partitions are given up, and no
+    message is processed from then until the new assignment's states are recovered."""
 
     def __init__(self, worker: BatchWorker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        async with self.worker.lock:
-            pass
+        async with self.worker.lock:  # the cycle in progress finishes first
+            self.worker.ready = set()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         async with self.worker.lock:
