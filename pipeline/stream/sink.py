@@ -99,6 +99,8 @@ class Sink:
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
             max_poll_interval_ms=24 * 3600 * 1000,
+            fetch_min_bytes=256 * 1024,  # fewer, fuller fetches under load (as the workers)
+            fetch_max_wait_ms=50,
         )
         await consumer.start()
         pending: dict[str, CDR] = {}
