@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ def count(k):
         seen["t0"] = time.perf_counter()
     seen["n"] += k
     if seen["n"] >= TOTAL:
-        print("RATE", seen["n"] / (time.perf_counter() - seen["t0"]), flush=True)
+        print(f"RATE={seen['n'] / (time.perf_counter() - seen['t0'])}", flush=True)
         os._exit(0)
 @app.agent(topic, concurrency=1)
 async def agent(stream):
@@ -85,9 +86,9 @@ def faust_rate(mode: str, total: int, bootstrap: str, tmp: Path) -> float:
         text=True,
         timeout=600,
     )
-    for line in (out.stdout + out.stderr).splitlines():
-        if "RATE" in line:
-            return float(line.rsplit("RATE", 1)[1])
+    found = re.search(r"RATE=(\d+(?:\.\d+)?)", out.stdout + out.stderr)
+    if found:
+        return float(found.group(1))
     raise RuntimeError(f"the Faust agent reported no rate:\n{out.stderr[-2000:]}")
 
 
