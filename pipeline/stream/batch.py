@@ -4,7 +4,8 @@ consumer group, one batch of messages at a time.
 Why not Faust here: Faust hands every message through its conductor, a channel queue and
 its stream iterator, one event-loop cycle per message, and writes a table changelog
 message per event through its producer wrappers. On the project machine that machinery
-alone caps a worker at ~14k messages/s with no work done at all (`bench/faust_ceiling.py`);
+alone caps a worker at 7.5-14k messages/s with no work done at all, against 220-320k/s for a
+raw aiokafka consumer (`bench/faust_ceiling.py`, docs/BENCHMARKS.md);
 the Faust worker (`--engine faust`, `pipeline.stream.app`) stays available and computes the
 same CDRs.
 

@@ -1,0 +1,102 @@
+"""Where the CPU goes while the streaming pipeline drains a backlog: workers, sink, broker.
+
+    python bench/stream_cpu.py --calls 150000 --workers 2
+
+On a fresh local broker, a backlog of simulated traffic is produced first; then the sink and
+the worker(s) start (default engine), and after `--warm` seconds (start-up, first assignment)
+the user + system CPU time of every process - the broker's JVM included - is sampled from
+/proc until the workers' lag is 0. Prints events/s and CPU µs per event per process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from pipeline.demo import Pipeline
+from pipeline.kafka.broker import LocalKafka
+from pipeline.kafka.topics import INPUT_TOPICS, ensure_topics
+from pipeline.simulate import SimConfig, generate, produce
+from pipeline.stream.progress import WORKER_GROUP, group_lag
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream_bench import free_port  # noqa: E402
+
+CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=150_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--warm", type=float, default=3.0, help="seconds before sampling")
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-stream-cpu-"))
+    kafka = LocalKafka(data_dir=tmp / "kafka", port=free_port(), controller_port=free_port())
+    kafka.start()
+    try:
+        ensure_topics(kafka.bootstrap, 8)
+        start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+        sim = generate(
+            SimConfig(
+                calls=args.calls,
+                seed=5,
+                config_dir=str(CONFIG),
+                start=start,
+                reorder=0.02,
+                duplicate=0.02,
+            )
+        )
+        asyncio.run(produce(sim.messages, kafka.bootstrap))
+        pipeline = Pipeline(
+            kafka.bootstrap,
+            f"chdb://{tmp / 'store'}",
+            tmp / "logs",
+            args.workers,
+            {"CDRPIPE_DATA": str(tmp / "data")},
+        )
+        pipeline.start()
+        try:
+            time.sleep(args.warm)
+            pids = {name: proc.pid for name, proc in pipeline.procs.items()}
+            pids["broker"] = int(kafka.pid_file.read_text().strip())
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            began = time.perf_counter()
+            backlog = asyncio.run(group_lag(kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS))
+            while asyncio.run(group_lag(kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS)) > 0:
+                pipeline.check_alive()
+                time.sleep(0.25)
+            elapsed = time.perf_counter() - began
+            used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        finally:
+            pipeline.stop()
+    finally:
+        kafka.stop()
+    print(
+        f"{args.workers} worker(s): {backlog:,} events in {elapsed:.1f} s = "
+        f"{backlog / elapsed:,.0f} events/s ({datetime.now(UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{os.cpu_count()} cores)"
+    )
+    for name, seconds in sorted(used.items()):
+        print(f"  {name:8s} {seconds:6.1f} s CPU = {1e6 * seconds / backlog:5.1f} µs per event")
+    total = sum(used.values())
+    print(
+        f"  total    {total:6.1f} s CPU = {1e6 * total / backlog:5.1f} µs per event, "
+        f"of {os.cpu_count() * elapsed:.1f} s available"
+    )
+
+
+if __name__ == "__main__":
+    main()
