@@ -43,6 +43,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import IllegalGenerationError, UnknownMemberIdError
 
 from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Settings, partition_for
@@ -277,9 +278,11 @@ class BatchWorker:
             group_id=WORKER_GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # A worker that died holds its partitions until the group notices: 10 s.
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=2_000,
+            # A worker that died holds its partitions until the group notices: 20 s. Shorter
+            # sessions expired during long recoveries on a busy 2-core box (the member is
+            # dropped, the group rebalances, the next recovery is as long: a storm).
+            session_timeout_ms=20_000,
+            heartbeat_interval_ms=3_000,
             max_poll_records=self.max_records,
             partition_assignment_strategy=(ASSIGNOR,),
             max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -397,6 +400,12 @@ class BatchWorker:
                 await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
             except Exception as exc:
                 log.warning("commit failed (%r); the next owner re-reads from the last one", exc)
+                if isinstance(exc.__cause__, (UnknownMemberIdError, IllegalGenerationError)):
+                    # This worker was dropped from the group: others may have processed its
+                    # partitions meanwhile. Nothing it holds is trusted: every partition of the
+                    # next assignment is read back from the changelog.
+                    self.held = set()
+                    self.ready = set()
 
     # -- rebalances --------------------------------------------------------------------------
 
@@ -407,7 +416,7 @@ class BatchWorker:
         committed = await known_committed_offsets(self.bootstrap)
         stale = stale_partitions(owned & self.held, committed, self.position)
         gone, new = self.held - owned, (owned - self.held) | stale
-        self.states.drop(gone | stale)
+        self.states.drop(gone | new)
         if new:
             started = time.monotonic()
             restored = await self._restore(new)
@@ -437,8 +446,10 @@ class BatchWorker:
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
+            # Small fetches, and a pause after each: decoding a big one would keep the event
+            # loop (and the group heartbeat) waiting for seconds.
+            max_partition_fetch_bytes=1024 * 1024,
+            fetch_max_bytes=4 * 1024 * 1024,
         )
         await reader.start()
         count = 0
@@ -462,6 +473,7 @@ class BatchWorker:
                         self.states.restore(key, tp.partition, state)
                         count += 1
                 self.alive_at = time.monotonic()
+                await asyncio.sleep(0)
                 for tp in list(todo):
                     if await reader.position(tp) >= ends[tp]:
                         todo.discard(tp)
