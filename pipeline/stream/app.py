@@ -19,18 +19,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Settings
 from pipeline.core.engine import Outcome
 from pipeline.core.model import Source
-from pipeline.core.refdata import RefDataError, RefDataHolder
+from pipeline.core.refdata import RefDataHolder
 from pipeline.kafka.topics import (
     CHANGELOG_CONFIG,
     INPUT_TOPICS,
@@ -46,19 +44,20 @@ from pipeline.stream.codec import (
 )
 from pipeline.stream.progress import WORKER_GROUP
 from pipeline.stream.runtime import (
+    REFDATA_POLL_S,
+    TICK_INTERVAL_S,
+    WATCHDOG_POLL_S,
     States,
     WorkerRuntime,
     check_commits,
     known_committed_offsets,
+    reload_refdata,
     restart_in_place,
+    tick_stamp,
 )
 from pipeline.stream.watchdog import CommitFence, CommitWatchdog
 
 log = logging.getLogger(__name__)
-
-TICK_INTERVAL_S = 1.0
-REFDATA_POLL_S = 5.0
-WATCHDOG_POLL_S = 10.0
 
 
 class TableStates(States):
@@ -225,16 +224,13 @@ def create_app(
         # Calls touched since the last rebalance (decoding the whole table each second would
         # cost more than the gauge is worth).
         metrics.OPEN_CALLS.set(sum(1 for s in runtime.states.cache.values() if not s.settled))
-        stamp = orjson.dumps({"wall": datetime.now(UTC).isoformat()})
+        stamp = tick_stamp()
         for p in sorted(runtime.assigned):
             await ticks.send(key=b"tick", value=stamp, partition=p)
 
     @app.timer(REFDATA_POLL_S)
-    async def reload_refdata() -> None:
-        try:
-            refdata.reload_if_changed()
-        except RefDataError as exc:
-            log.error("reference data refused, keeping the last good version: %s", exc)
+    async def poll_refdata() -> None:
+        reload_refdata(refdata)
 
     watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
     fence = CommitFence()

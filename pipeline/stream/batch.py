@@ -37,10 +37,8 @@ import logging
 import signal
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalGenerationError, UnknownMemberIdError
@@ -49,7 +47,7 @@ from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Settings, partition_for
 from pipeline.core.engine import Outcome
 from pipeline.core.model import Source
-from pipeline.core.refdata import RefDataError, RefDataHolder
+from pipeline.core.refdata import RefDataHolder
 from pipeline.kafka.topics import (
     INPUT_TOPICS,
     TOPIC_CDR,
@@ -66,20 +64,22 @@ from pipeline.stream.codec import (
 )
 from pipeline.stream.progress import WORKER_GROUP
 from pipeline.stream.runtime import (
+    REFDATA_POLL_S,
+    TICK_INTERVAL_S,
+    WATCHDOG_POLL_S,
     States,
     WorkerRuntime,
     check_commits,
     known_committed_offsets,
+    reload_refdata,
     restart_in_place,
+    tick_stamp,
 )
 from pipeline.stream.watchdog import TP, CommitWatchdog
 
 log = logging.getLogger(__name__)
 
 MAX_RECORDS = 5000  # messages per cycle
-TICK_INTERVAL_S = 1.0
-REFDATA_POLL_S = 5.0
-WATCHDOG_POLL_S = 10.0
 GAUGE_POLL_S = 5.0
 # Partition p of every input topic (and of the ticks) must go to the same worker: a call's
 # three events are on partition p of three topics. The range assignor lays out each topic's
@@ -494,15 +494,12 @@ class BatchWorker:
     async def _tick(self) -> None:
         """A tick per owned partition into `cdrpipe.ticks` (co-partitioned with the inputs),
         so that an idle partition's event time still moves, inside the processing cycle."""
-        stamp = orjson.dumps({"wall": datetime.now(UTC).isoformat()})
+        stamp = tick_stamp()
         for p in sorted(self.runtime.assigned):
             await self.producer.send(TOPIC_TICKS, stamp, key=b"tick", partition=p)
 
     async def _reload_refdata(self) -> None:
-        try:
-            await asyncio.to_thread(self.refdata.reload_if_changed)
-        except RefDataError as exc:
-            log.error("reference data refused, keeping the last good version: %s", exc)
+        await asyncio.to_thread(reload_refdata, self.refdata)
 
     async def _watch_commits(self) -> None:
         stuck = time.monotonic() - self.alive_at

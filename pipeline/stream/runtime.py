@@ -14,16 +14,36 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+
+import orjson
 
 from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
 from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
-from pipeline.core.refdata import RefDataHolder
+from pipeline.core.refdata import RefDataError, RefDataHolder
 from pipeline.stream.progress import WORKER_GROUP, committed_offsets
 from pipeline.stream.watchdog import TP, CommitWatchdog
 
 log = logging.getLogger(__name__)
+
+# Timers of both engines.
+TICK_INTERVAL_S = 1.0
+REFDATA_POLL_S = 5.0
+WATCHDOG_POLL_S = 10.0
+
+
+def tick_stamp() -> bytes:
+    """The value of a tick message (the wall clock, for whoever reads the ticks topic)."""
+    return orjson.dumps({"wall": datetime.now(UTC).isoformat()})
+
+
+def reload_refdata(refdata: RefDataHolder) -> None:
+    """Pick up changed reference data; malformed data is refused and the last good kept."""
+    try:
+        refdata.reload_if_changed()
+    except RefDataError as exc:
+        log.error("reference data refused, keeping the last good version: %s", exc)
 
 
 class States(MutableMapping[str, CallState]):
