@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,9 +23,9 @@ from pathlib import Path
 
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
-from pipeline.kafka.topics import INPUT_TOPICS, ensure_topics
+from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_CHANGELOG, ensure_topics
 from pipeline.simulate import SimConfig, generate, produce
-from pipeline.stream.progress import WORKER_GROUP, group_lag
+from pipeline.stream.progress import WORKER_GROUP, end_offsets, group_lag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_bench import free_port  # noqa: E402
@@ -42,7 +44,12 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=150_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warm", type=float, default=3.0, help="seconds before sampling")
+    parser.add_argument(
+        "--profile", type=Path, help="also record a py-spy profile of each Python process here"
+    )
     args = parser.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-stream-cpu-"))
     kafka = LocalKafka(data_dir=tmp / "kafka", port=free_port(), controller_port=free_port())
     kafka.start()
@@ -72,6 +79,26 @@ def main() -> None:
             time.sleep(args.warm)
             pids = {name: proc.pid for name, proc in pipeline.procs.items()}
             pids["broker"] = int(kafka.pid_file.read_text().strip())
+            spies = [
+                subprocess.Popen(
+                    [
+                        "py-spy",
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "200",
+                        "--output",
+                        str(args.profile / f"{name}.txt"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                for name, pid in pids.items()
+                if args.profile and name != "broker"
+            ]
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             began = time.perf_counter()
             backlog = asyncio.run(group_lag(kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS))
@@ -80,6 +107,13 @@ def main() -> None:
                 time.sleep(0.25)
             elapsed = time.perf_counter() - began
             used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+            produced = {
+                topic: sum(asyncio.run(end_offsets(kafka.bootstrap, (topic,))).values())
+                for topic in (*INPUT_TOPICS, TOPIC_CHANGELOG, TOPIC_CDR)
+            }
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)
+                spy.wait()
         finally:
             pipeline.stop()
     finally:
@@ -92,6 +126,11 @@ def main() -> None:
     for name, seconds in sorted(used.items()):
         print(f"  {name:8s} {seconds:6.1f} s CPU = {1e6 * seconds / backlog:5.1f} µs per event")
     total = sum(used.values())
+    events = sum(produced[t] for t in INPUT_TOPICS)
+    print(
+        f"  per input event: {produced[TOPIC_CHANGELOG] / events:.2f} changelog messages, "
+        f"{produced[TOPIC_CDR] / events:.2f} CDR messages (whole run)"
+    )
     print(
         f"  total    {total:6.1f} s CPU = {1e6 * total / backlog:5.1f} µs per event, "
         f"of {os.cpu_count() * elapsed:.1f} s available"

@@ -26,8 +26,13 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneNumberType
+from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumberType
 from phonenumbers.geodata.locale import LOCALE_DATA
+from phonenumbers.phonenumberutil import (
+    _number_type_helper,
+    national_significant_number,
+    region_code_for_number,
+)
 
 __all__ = ["NumberInfo", "UNKNOWN", "describe", "digits_of", "country_name"]
 
@@ -117,11 +122,23 @@ def _describe(d: str) -> NumberInfo:
     except NumberParseException:
         return UNKNOWN
     cc = num.country_code
-    valid = phonenumbers.is_valid_number(num)
-    network = _NETWORK.get(phonenumbers.number_type(num), "Unknown") if valid else "Unknown"
+    # `is_valid_number`, `number_type` and `region_code_for_number` each find the region and
+    # match the type patterns again; this does it once (half the cost of a cache miss). A
+    # region found from the calling code always belongs to it, so "valid" is exactly "has a
+    # type" - tests/unit/test_numbers.py checks this against the public functions.
+    region = region_code_for_number(num)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(cc, region)
+    kind = (
+        _number_type_helper(national_significant_number(num), metadata)
+        if region is not None and metadata is not None
+        else PhoneNumberType.UNKNOWN
+    )
+    valid = kind != PhoneNumberType.UNKNOWN
+    network = _NETWORK.get(kind, "Unknown")
     if cc in _NON_GEO_NAMES:
         return NumberInfo(None, _NON_GEO_NAMES[cc], network)
-    region = phonenumbers.region_code_for_number(num) if valid else None
+    if not valid:
+        region = None
     if not region or len(region) != 2 or region == "ZZ":
         region = phonenumbers.region_code_for_country_code(cc)
     if not region or len(region) != 2 or region == "ZZ":

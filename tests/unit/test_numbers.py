@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from phonenumbers import COUNTRY_CODE_TO_REGION_CODE
 
 from pipeline.core.numbers import UNKNOWN, NumberInfo, country_name, describe, digits_of
 
@@ -72,6 +75,62 @@ def test_plan_cache_agrees_with_a_full_parse(digits: str):
     from pipeline.core import numbers
 
     assert describe(digits) == numbers._describe(digits)
+
+
+def _describe_with_public_functions(d: str) -> NumberInfo:
+    """The straightforward version `numbers._describe` shortcuts: the reference it must equal."""
+    import phonenumbers
+
+    from pipeline.core import numbers
+
+    if not (d.isascii() and d.isdigit()):
+        return UNKNOWN
+    try:
+        num = phonenumbers.parse("+" + d, None)
+    except phonenumbers.NumberParseException:
+        return UNKNOWN
+    cc = num.country_code
+    valid = phonenumbers.is_valid_number(num)
+    kind = phonenumbers.number_type(num)
+    network = numbers._NETWORK.get(kind, "Unknown") if valid else "Unknown"
+    if cc in numbers._NON_GEO_NAMES:
+        return NumberInfo(None, numbers._NON_GEO_NAMES[cc], network)
+    region = phonenumbers.region_code_for_number(num) if valid else None
+    if not region or len(region) != 2 or region == "ZZ":
+        region = phonenumbers.region_code_for_country_code(cc)
+    if not region or len(region) != 2 or region == "ZZ":
+        return UNKNOWN
+    return NumberInfo(region, country_name(region), network)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    cc=st.sampled_from(sorted({*COUNTRY_CODE_TO_REGION_CODE, 999, 0})),
+    rest=st.text("0123456789", min_size=0, max_size=14),
+)
+def test_describe_equals_libphonenumber_public_functions(cc: int, rest: str):
+    from pipeline.core import numbers
+
+    digits = f"{cc}{rest}"
+    assert numbers._describe(digits) == _describe_with_public_functions(digits)
+
+
+def test_describe_equals_public_functions_on_example_numbers():
+    """Every region's example numbers of every type: valid ones of each kind, all regions."""
+    import phonenumbers
+
+    from pipeline.core import numbers
+
+    checked = 0
+    for region in phonenumbers.SUPPORTED_REGIONS:
+        for kind in numbers._NETWORK:
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            digits = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)[1:]
+            assert numbers._describe(digits) == _describe_with_public_functions(digits), digits
+            checked += 1
+    assert checked > 1000
 
 
 def test_country_name():
