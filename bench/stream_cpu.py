@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
-from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_CHANGELOG, ensure_topics
+from pipeline.kafka.topics import INPUT_TOPICS, ensure_topics
 from pipeline.simulate import SimConfig, generate, produce
-from pipeline.stream.progress import WORKER_GROUP, end_offsets, group_lag
+from pipeline.stream.progress import WORKER_GROUP, group_lag
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_bench import free_port  # noqa: E402
@@ -33,10 +33,22 @@ from stream_bench import free_port  # noqa: E402
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
 
 
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+def cpu_seconds(pid: int, parent: str = "") -> float:
+    with open(f"/proc/{parent}{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name of a process (all threads of one name summed)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            out[name] = out.get(name, 0.0) + cpu_seconds(int(task.name), f"{pid}/task/")
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # the thread ended meanwhile
+    return out
 
 
 def main() -> None:
@@ -44,6 +56,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=150_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--warm", type=float, default=3.0, help="seconds before sampling")
+    parser.add_argument("--threads", action="store_true", help="CPU per thread name too")
     parser.add_argument(
         "--profile", type=Path, help="also record a py-spy profile of each Python process here"
     )
@@ -72,7 +85,10 @@ def main() -> None:
             f"chdb://{tmp / 'store'}",
             tmp / "logs",
             args.workers,
-            {"CDRPIPE_DATA": str(tmp / "data")},
+            {
+                "CDRPIPE_DATA": str(tmp / "data"),
+                "CDRPIPE_LOGLEVEL": os.environ.get("CDRPIPE_LOGLEVEL", "WARNING"),
+            },
         )
         pipeline.start()
         try:
@@ -100,6 +116,7 @@ def main() -> None:
                 if args.profile and name != "broker"
             ]
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            threads_before = {name: thread_cpu(pid) for name, pid in pids.items()}
             began = time.perf_counter()
             backlog = asyncio.run(group_lag(kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS))
             while asyncio.run(group_lag(kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS)) > 0:
@@ -107,9 +124,12 @@ def main() -> None:
                 time.sleep(0.25)
             elapsed = time.perf_counter() - began
             used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-            produced = {
-                topic: sum(asyncio.run(end_offsets(kafka.bootstrap, (topic,))).values())
-                for topic in (*INPUT_TOPICS, TOPIC_CHANGELOG, TOPIC_CDR)
+            threads = {
+                name: {
+                    thread: seconds - threads_before[name].get(thread, 0.0)
+                    for thread, seconds in thread_cpu(pid).items()
+                }
+                for name, pid in pids.items()
             }
             for spy in spies:
                 spy.send_signal(signal.SIGINT)
@@ -125,12 +145,10 @@ def main() -> None:
     )
     for name, seconds in sorted(used.items()):
         print(f"  {name:8s} {seconds:6.1f} s CPU = {1e6 * seconds / backlog:5.1f} µs per event")
+        if args.threads:
+            top = sorted(threads[name].items(), key=lambda kv: -kv[1])[:6]
+            print("           " + ", ".join(f"{t} {s:.1f}s" for t, s in top if s >= 0.05))
     total = sum(used.values())
-    events = sum(produced[t] for t in INPUT_TOPICS)
-    print(
-        f"  per input event: {produced[TOPIC_CHANGELOG] / events:.2f} changelog messages, "
-        f"{produced[TOPIC_CDR] / events:.2f} CDR messages (whole run)"
-    )
     print(
         f"  total    {total:6.1f} s CPU = {1e6 * total / backlog:5.1f} µs per event, "
         f"of {os.cpu_count() * elapsed:.1f} s available"

@@ -23,9 +23,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaConsumer
 
 from pipeline import config, metrics
-from pipeline.core.model import CDR
 from pipeline.kafka.topics import TOPIC_CDR
-from pipeline.stream.codec import cdr_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +33,8 @@ class StoreUnavailable(RuntimeError):
 
 
 def held_by(
-    path: Path | None, write: Callable[[list[CDR]], object]
-) -> Callable[[list[CDR]], object]:
+    path: Path | None, write: Callable[[list[bytes]], object]
+) -> Callable[[list[bytes]], object]:
     """`write`, failing with StoreUnavailable while the file `path` exists.
 
     Operators create the file to pause inserts during store maintenance (the
@@ -46,7 +44,7 @@ def held_by(
     if path is None:
         return write
 
-    def guarded(rows: list[CDR]) -> object:
+    def guarded(rows: list[bytes]) -> object:
         if path.exists():
             raise StoreUnavailable(f"store writes held while {path} exists")
         return write(rows)
@@ -65,11 +63,16 @@ class SinkStats:
 
 
 class Sink:
-    """Batches CDR records by size and time and writes them with `write` (blocking)."""
+    """Batches CDR records by size and time and writes them with `write` (blocking).
+
+    Records are handed over as they came (JSON bytes): the store parses them. Versions of
+    one call in a batch are all written; the table keeps the highest revision (coalescing
+    here would need each record decoded, and "last by offset" is not "highest revision").
+    """
 
     def __init__(
         self,
-        write: Callable[[list[CDR]], object],
+        write: Callable[[list[bytes]], object],
         *,
         bootstrap: str | None = None,
         group: str = "cdrpipe-sink",
@@ -103,7 +106,7 @@ class Sink:
             fetch_max_wait_ms=50,
         )
         await consumer.start()
-        pending: dict[str, CDR] = {}
+        pending: list[bytes] = []
         first_at: float | None = None
         try:
             while not self._stopping.is_set():
@@ -111,12 +114,8 @@ class Sink:
                 for tp, messages in polled.items():
                     if messages:
                         self._next[tp] = messages[-1].offset + 1
-                    for msg in messages:
-                        cdr = cdr_from_bytes(msg.value)
-                        old = pending.get(cdr.id)
-                        if old is None or cdr.revision >= old.revision:
-                            pending[cdr.id] = cdr
-                        self.stats.records += 1
+                        pending += [msg.value for msg in messages]
+                        self.stats.records += len(messages)
                 self._report_lag(consumer)
                 if pending and first_at is None:
                     first_at = time.monotonic()
@@ -137,8 +136,8 @@ class Sink:
                 lag += max(0, high - self._next[tp])
         metrics.LAG.labels(TOPIC_CDR).set(lag)
 
-    async def _flush(self, consumer: AIOKafkaConsumer, pending: dict[str, CDR]) -> None:
-        rows = list(pending.values())
+    async def _flush(self, consumer: AIOKafkaConsumer, pending: list[bytes]) -> None:
+        rows = pending[:]
         backoff = 0.1
         while True:
             started = time.perf_counter()
@@ -174,7 +173,7 @@ def run_sink(
 
     writer = CdrWriter(connect(store))
     hold = config.env("CDRPIPE_SINK_HOLD_FILE", "")
-    write = held_by(Path(hold) if hold else None, writer.write)
+    write = held_by(Path(hold) if hold else None, writer.write_json)
     sink = Sink(write, **kwargs)  # type: ignore[arg-type]
 
     async def main() -> None:

@@ -9,12 +9,14 @@ Times are relative to now because rows older than the two-month TTL really disap
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline.core.model import CDR
@@ -30,7 +32,8 @@ from pipeline.store.client import (
 )
 from pipeline.store.export import INBOUND_HEADER, OUTBOUND_HEADER, write_csv
 from pipeline.store.queries import CdrFilter, count_cdrs, select_cdrs, totals
-from pipeline.store.writer import CdrWriter
+from pipeline.store.writer import DEFAULT_BATCH_SIZE, CdrWriter
+from pipeline.stream.codec import cdr_to_bytes
 
 BASE = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
 
@@ -91,6 +94,24 @@ def inbound(n: int = 0, **changes: object) -> CDR:
         metered_amount=Decimal("0.330000"),
     )
     return dataclasses.replace(cdr, **changes)  # type: ignore[arg-type]
+
+
+Write = Callable[..., int]
+
+
+def _write_objects(client: Client, cdrs: list[CDR], batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    return CdrWriter(client, batch_size=batch_size).write(cdrs)
+
+
+def _write_json(client: Client, cdrs: list[CDR], batch_size: int = DEFAULT_BATCH_SIZE) -> int:
+    """The sink's path: the records as they travel on `cdr.records`, parsed by the store."""
+    return CdrWriter(client, batch_size=batch_size).write_json([cdr_to_bytes(c) for c in cdrs])
+
+
+@pytest.fixture(params=[_write_objects, _write_json], ids=["objects", "json"])
+def write(request: pytest.FixtureRequest, store: Client) -> Write:
+    """Both ways CDRs reach the tables: `CdrWriter.write` (replay) and `write_json` (sink)."""
+    return functools.partial(request.param, store)
 
 
 @pytest.fixture
@@ -198,7 +219,7 @@ def test_ingested_at_is_filled(store: Client) -> None:
 # --- writing and idempotency -----------------------------------------------------------------
 
 
-def test_round_trip_keeps_every_field(store: Client) -> None:
+def test_round_trip_keeps_every_field(store: Client, write: Write) -> None:
     cdrs = [
         outbound(1),
         outbound(
@@ -229,18 +250,17 @@ def test_round_trip_keeps_every_field(store: Client) -> None:
             termination_amount=Decimal("0.240000"),
         ),
     ]
-    assert CdrWriter(store).write(cdrs) == 6
+    assert write(cdrs) == 6
     got = fetch(store) + fetch(store, "inbound")
     assert got == cdrs
     assert all(c.start_time.tzinfo is UTC for c in got)
     assert got[0].start_time.microsecond == 123456
 
 
-def test_same_cdr_twice_is_one_row(store: Client) -> None:
-    writer = CdrWriter(store)
-    writer.write([outbound(1), inbound(1)])
-    writer.write([outbound(1), inbound(1)])
-    writer.write([outbound(1)])
+def test_same_cdr_twice_is_one_row(store: Client, write: Write) -> None:
+    write([outbound(1), inbound(1)])
+    write([outbound(1), inbound(1)])
+    write([outbound(1)])
     assert fetch(store) == [outbound(1)]
     assert count_cdrs(store, CdrFilter(direction="outbound")) == 1
     assert count_cdrs(store, CdrFilter(direction="inbound")) == 1
@@ -248,34 +268,32 @@ def test_same_cdr_twice_is_one_row(store: Client) -> None:
     assert raw in (1, 3)  # duplicates linger until a merge; FINAL hides them
 
 
-def test_corrected_revision_wins_whatever_the_order(store: Client) -> None:
+def test_corrected_revision_wins_whatever_the_order(store: Client, write: Write) -> None:
     first = outbound(1, timed_out=True, disconnect_code=None, disconnect_initiator=None)
     fixed = outbound(1, revision=2)
-    writer = CdrWriter(store)
-    writer.write([first])
-    writer.write([fixed])
+    write([first])
+    write([fixed])
     assert fetch(store) == [fixed]
-    writer.write([first])  # a stale copy written late
+    write([first])  # a stale copy written late
     assert fetch(store) == [fixed]
     store.command("OPTIMIZE TABLE cdr_outbound FINAL")
     assert store.query("SELECT count(), max(revision) FROM cdr_outbound").result_rows == [(1, 2)]
 
 
-def test_same_revision_rewritten_keeps_the_last_write(store: Client) -> None:
-    writer = CdrWriter(store)
-    writer.write([outbound(1, charged=Decimal("1.000000"))])
-    writer.write([outbound(1, charged=Decimal("2.000000"))])
+def test_same_revision_rewritten_keeps_the_last_write(store: Client, write: Write) -> None:
+    write([outbound(1, charged=Decimal("1.000000"))])
+    write([outbound(1, charged=Decimal("2.000000"))])
     assert [c.charged for c in fetch(store)] == [Decimal("2.000000")]
 
 
-def test_batches_split_and_mixed_directions(store: Client) -> None:
+def test_batches_split_and_mixed_directions(store: Client, write: Write) -> None:
     cdrs = [outbound(n) if n % 3 else inbound(n) for n in range(250)]
-    assert CdrWriter(store, batch_size=40).write(iter(cdrs)) == 250
+    assert write(cdrs, batch_size=40) == 250
     assert count_cdrs(store, CdrFilter(direction="outbound")) == 166
     assert count_cdrs(store, CdrFilter(direction="inbound")) == 84
 
 
-def test_naive_times_are_taken_as_utc(store: Client) -> None:
+def test_naive_times_are_taken_as_utc(store: Client, write: Write) -> None:
     aware = outbound(1)
     naive = dataclasses.replace(
         aware,
@@ -283,7 +301,7 @@ def test_naive_times_are_taken_as_utc(store: Client) -> None:
         connect_time=None,
         end_time=aware.end_time.replace(tzinfo=None),
     )
-    CdrWriter(store).write([naive])
+    write([naive])
     (got,) = fetch(store)
     assert got.start_time == aware.start_time and got.end_time == aware.end_time
 
@@ -298,14 +316,57 @@ def test_naive_times_are_taken_as_utc(store: Client) -> None:
         {"charged": Decimal("1E+13")},
     ],
 )
-def test_money_the_column_cannot_hold_is_refused(store: Client, changes: dict) -> None:
+def test_money_the_column_cannot_hold_is_refused(
+    store: Client, write: Write, changes: dict
+) -> None:
     with pytest.raises(StoreError, match="gw1-out-1"):
-        CdrWriter(store).write([outbound(1, **changes)])
+        write([outbound(1, **changes)])
     assert fetch(store) == []
 
 
-def test_rate_with_nine_decimals_is_exact(store: Client) -> None:
-    CdrWriter(store).write([outbound(1, rate=Decimal("0.012345678"))])
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [("1E-8", Decimal("0.00000001")), ("2.5E+2", Decimal("250")), ("-0E-9", Decimal("0"))],
+)
+def test_json_money_in_exponent_form_is_stored_when_exact(
+    store: Client, text: str, stored: Decimal
+) -> None:
+    record = orjson.loads(cdr_to_bytes(outbound(1)))
+    record["rate"] = text
+    CdrWriter(store).write_json([orjson.dumps(record)])
+    assert fetch(store)[0].rate == stored
+
+
+def test_json_record_without_defaulted_fields_gets_the_defaults(store: Client) -> None:
+    """Records written before `rated`, `timed_out` and `revision` existed."""
+    record = orjson.loads(cdr_to_bytes(outbound(1, rated=False, rate=None, charged=None)))
+    for name in ("rated", "timed_out", "revision"):
+        del record[name]
+    CdrWriter(store).write_json([orjson.dumps(record)])
+    (got,) = fetch(store)
+    assert (got.rated, got.timed_out, got.revision) == (True, False, 1)
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        b"not json",
+        b"[1, 2]",
+        orjson.dumps({"id": "x", "direction": "sideways"}),
+        orjson.dumps(
+            {k: v for k, v in orjson.loads(cdr_to_bytes(outbound(1))).items() if k != "account"}
+        ),
+    ],
+    ids=["not-json", "not-an-object", "unknown-direction", "missing-field"],
+)
+def test_json_records_that_are_not_cdrs_are_refused(store: Client, record: bytes) -> None:
+    with pytest.raises(StoreError):
+        CdrWriter(store).write_json([cdr_to_bytes(inbound(1)), record])
+    assert fetch(store, "inbound") == []
+
+
+def test_rate_with_nine_decimals_is_exact(store: Client, write: Write) -> None:
+    write([outbound(1, rate=Decimal("0.012345678"))])
     assert fetch(store)[0].rate == Decimal("0.012345678")
 
 
