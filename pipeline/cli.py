@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sink", help="run the store sink (cdr.records -> ClickHouse)")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
-    p.add_argument("--batch-size", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=20_000, help="max CDRs per insert")
     p.add_argument("--max-wait", type=float, default=1.0, help="max seconds a batch waits")
     _add_metrics(p, "CDRPIPE_SINK_METRICS_PORT")
     _add_store(p)

@@ -76,7 +76,7 @@ class Sink:
         *,
         bootstrap: str | None = None,
         group: str = "cdrpipe-sink",
-        batch_size: int = 5000,
+        batch_size: int = 20_000,
         max_wait_s: float = 1.0,
         max_backoff_s: float = 10.0,
     ) -> None:

@@ -115,6 +115,24 @@ def test_describe_equals_libphonenumber_public_functions(cc: int, rest: str):
     assert numbers._describe(digits) == _describe_with_public_functions(digits)
 
 
+@settings(max_examples=3000, deadline=None)
+@given(
+    cc=st.sampled_from(sorted({*COUNTRY_CODE_TO_REGION_CODE, 999, 0})),
+    rest=st.text("0123456789", min_size=0, max_size=20),
+)
+def test_e164_parse_equals_libphonenumber_parse(cc: int, rest: str):
+    import phonenumbers
+
+    from pipeline.core import numbers
+
+    digits = f"{cc}{rest}"
+    try:
+        expected = phonenumbers.parse("+" + digits, None)
+    except phonenumbers.NumberParseException:
+        expected = None
+    assert numbers._parse_e164(digits) == expected
+
+
 def test_describe_equals_public_functions_on_example_numbers():
     """Every region's example numbers of every type: valid ones of each kind, all regions."""
     import phonenumbers
@@ -129,6 +147,9 @@ def test_describe_equals_public_functions_on_example_numbers():
                 continue
             digits = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)[1:]
             assert numbers._describe(digits) == _describe_with_public_functions(digits), digits
+            national = str(example.national_number)
+            with_prefix = f"{example.country_code}0{national}"  # a national prefix kept in
+            assert numbers._describe(with_prefix) == _describe_with_public_functions(with_prefix)
             checked += 1
     assert checked > 1000
 
