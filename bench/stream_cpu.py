@@ -3,9 +3,11 @@
     python bench/stream_cpu.py --calls 150000 --workers 2
 
 On a fresh local broker, a backlog of simulated traffic is produced first; then the sink and
-the worker(s) start (default engine), and after `--warm` seconds (start-up, first assignment)
-the user + system CPU time of every process - the broker's JVM included - is sampled from
-/proc until the workers' lag is 0. Prints events/s and CPU µs per event per process.
+the worker(s) start (default engine), and once a `--warm` fraction of the backlog is committed
+the user + system CPU time of every process - the broker's JVM included, per thread name with
+`--threads` - is sampled from /proc until the workers committed the rest (polled as in
+bench/stream_bench.py). Prints events/s and CPU µs per event per process; `--profile DIR`
+also records a py-spy profile of each Python process over the same window.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -25,10 +26,10 @@ from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
 from pipeline.kafka.topics import INPUT_TOPICS, ensure_topics
 from pipeline.simulate import SimConfig, generate, produce
-from pipeline.stream.progress import WORKER_GROUP, group_lag
+from pipeline.stream.progress import end_offsets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream_bench import free_port  # noqa: E402
+from stream_bench import free_port, timed_drain  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
 
@@ -55,7 +56,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=150_000)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--warm", type=float, default=3.0, help="seconds before sampling")
+    parser.add_argument(
+        "--warm", type=float, default=0.25, help="fraction of the backlog processed before sampling"
+    )
     parser.add_argument("--threads", action="store_true", help="CPU per thread name too")
     parser.add_argument(
         "--profile", type=Path, help="also record a py-spy profile of each Python process here"
@@ -92,37 +95,41 @@ def main() -> None:
         )
         pipeline.start()
         try:
-            time.sleep(args.warm)
             pids = {name: proc.pid for name, proc in pipeline.procs.items()}
             pids["broker"] = int(kafka.pid_file.read_text().strip())
-            spies = [
-                subprocess.Popen(
-                    [
-                        "py-spy",
-                        "record",
-                        "--pid",
-                        str(pid),
-                        "--format",
-                        "raw",
-                        "--rate",
-                        "200",
-                        "--output",
-                        str(args.profile / f"{name}.txt"),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+            before: dict[str, float] = {}
+            threads_before: dict[str, dict[str, float]] = {}
+            spies: list[subprocess.Popen[bytes]] = []
+
+            def start_sampling() -> None:
+                spies.extend(
+                    subprocess.Popen(
+                        [
+                            "py-spy",
+                            "record",
+                            "--pid",
+                            str(pid),
+                            "--format",
+                            "raw",
+                            "--rate",
+                            "200",
+                            "--output",
+                            str(args.profile / f"{name}.txt"),
+                        ],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                    for name, pid in pids.items()
+                    if args.profile and name != "broker"
                 )
-                for name, pid in pids.items()
-                if args.profile and name != "broker"
-            ]
-            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-            threads_before = {name: thread_cpu(pid) for name, pid in pids.items()}
-            began = time.perf_counter()
-            backlog = asyncio.run(group_lag(kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS))
-            while asyncio.run(group_lag(kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS)) > 0:
-                pipeline.check_alive()
-                time.sleep(0.25)
-            elapsed = time.perf_counter() - began
+                before.update({name: cpu_seconds(pid) for name, pid in pids.items()})
+                threads_before.update({name: thread_cpu(pid) for name, pid in pids.items()})
+
+            ends = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
+            timed = asyncio.run(
+                timed_drain(kafka.bootstrap, ends, pipeline, args.warm, start_sampling)
+            )
+            backlog, elapsed = timed["warm"]
             used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
             threads = {
                 name: {
