@@ -77,8 +77,8 @@ async def timed_drain(
     JVM compiling its hot paths (it is started fresh for each measurement; its compiler threads
     were still busy half-way through a 770k-event drain) and the workers' first look-ups of
     each numbering plan. The backlog's end offsets are fixed, so only the group's commits are
-    polled, with one admin client: a fresh consumer and admin client per poll (`group_lag`)
-    cost enough CPU at 4 polls/s to slow the pipeline it measured on 2 cores."""
+    polled, every 0.1 s with one admin client (0.5 ms of CPU per poll, against 6 ms for
+    `group_lag`, which opens a consumer and an admin client each time)."""
     total = sum(ends.values())
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
