@@ -2,7 +2,8 @@
 
     python bench/stream_bench.py --calls 100000 --workers 1 2 --engines batch faust
 
-For each worker engine and worker count, in one run and on one fresh broker per measurement:
+For each worker engine and worker count, in one run and on one fresh broker per measurement,
+after a warm-up pass of `--warmup-calls` calls through the pipeline (see `warm_up`):
 1. the raw aiokafka consume rate of the same input topics (the ceiling),
 2. worker(s) + sink draining a pre-loaded backlog: events/s from the first
    committed offset to the last, and from the moment `--warm` of it was committed (steady
@@ -68,10 +69,12 @@ async def timed_drain(
     pipeline: Pipeline,
     warm: float,
     on_start: Callable[[], object] | None = None,
+    base: dict[TopicPartition, int] | None = None,
 ) -> dict[str, tuple[int, float]]:
     """Time the workers committing the whole backlog: {"all": (events, seconds) from their
     first commit, "warm": (events, seconds) from the moment a `warm` fraction of the backlog
-    was committed}; `on_start` is called at that moment.
+    was committed}; `on_start` is called at that moment. The backlog is what lies between
+    `base` (default: the beginning) and `ends`.
 
     The warm figure leaves out what a long-running pipeline has already paid for: the broker
     JVM compiling its hot paths (it is started fresh for each measurement; its compiler threads
@@ -79,7 +82,8 @@ async def timed_drain(
     each numbering plan. The backlog's end offsets are fixed, so only the group's commits are
     polled, every 0.1 s with one admin client (0.5 ms of CPU per poll, against 6 ms for
     `group_lag`, which opens a consumer and an admin client each time)."""
-    total = sum(ends.values())
+    base = base or {}
+    total = sum(end - base.get(tp, 0) for tp, end in ends.items())
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     marks: dict[str, tuple[int, float]] = {}
@@ -92,7 +96,7 @@ async def timed_drain(
                 committed = {}
             now = time.perf_counter()
             done = sum(
-                min(meta.offset, ends[tp])
+                max(0, min(meta.offset, ends[tp]) - base.get(tp, 0))
                 for tp, meta in committed.items()
                 if tp in ends and meta.offset > 0
             )
@@ -109,10 +113,31 @@ async def timed_drain(
         await admin.close()
 
 
+def warm_up(kafka: LocalKafka, pipeline: Pipeline, calls: int, start: datetime) -> None:
+    """Run `calls` simulated calls (older than the measured ones) through the pipeline until
+    stored, then stop it. The broker's JVM compiles its produce, fetch, commit and compaction
+    paths meanwhile, as a long-running broker has; the next start of the workers reads the
+    warm-up's call states back, before the measured backlog's first commit."""
+    if calls <= 0:
+        return
+    sim = generate(SimConfig(calls=calls, seed=7, config_dir=str(CONFIG),
+                             start=start - timedelta(hours=1), reorder=0.02, duplicate=0.02))
+    asyncio.run(produce(sim.messages, kafka.bootstrap))
+    pipeline.start()
+    try:
+        pipeline.wait_stored(timeout_s=600)
+    finally:
+        pipeline.stop()
+
+
 async def drain_rates(
-    bootstrap: str, ends: dict[TopicPartition, int], pipeline: Pipeline, warm: float
+    bootstrap: str,
+    ends: dict[TopicPartition, int],
+    pipeline: Pipeline,
+    warm: float,
+    base: dict[TopicPartition, int],
 ) -> dict[str, float]:
-    timed = await timed_drain(bootstrap, ends, pipeline, warm)
+    timed = await timed_drain(bootstrap, ends, pipeline, warm, base=base)
     return {k: events / seconds if seconds > 0 else float("nan")
             for k, (events, seconds) in timed.items()}
 
@@ -152,6 +177,7 @@ def measure(
     rates: list[float],
     tmp: Path,
     warm: float,
+    warmup_calls: int,
 ) -> dict:
     port, cport = free_port(), free_port()
     tag = f"{engine}-{workers}"
@@ -161,20 +187,24 @@ def measure(
     try:
         ensure_topics(kafka.bootstrap, 8)
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
-        sim = generate(SimConfig(calls=calls, seed=100 + workers, config_dir=str(CONFIG),
-                                 start=start, reorder=0.02, duplicate=0.02))
-        asyncio.run(produce(sim.messages, kafka.bootstrap))
-        ends = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
-        total = sum(ends.values())
-        result["events"] = total
-        result["raw_consume"] = asyncio.run(raw_consume_rate(kafka.bootstrap, total))
         store = f"chdb://{tmp / f'store-{tag}'}"
         pipeline = Pipeline(kafka.bootstrap, store, tmp / f"logs-{tag}", workers,
                             {"CDRPIPE_DATA": str(tmp / f"data-{tag}"),
                              "CDRPIPE_WORKER_ENGINE": engine})
+        warm_up(kafka, pipeline, warmup_calls, start)
+        base = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
+        sim = generate(SimConfig(calls=calls, seed=100 + workers, config_dir=str(CONFIG),
+                                 start=start, reorder=0.02, duplicate=0.02))
+        asyncio.run(produce(sim.messages, kafka.bootstrap))
+        ends = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
+        total = sum(ends.values()) - sum(base.values())
+        result["events"] = total
+        result["raw_consume"] = asyncio.run(raw_consume_rate(kafka.bootstrap, total))
         pipeline.start()
         try:
-            result["drain"] = asyncio.run(drain_rates(kafka.bootstrap, ends, pipeline, warm))
+            result["drain"] = asyncio.run(
+                drain_rates(kafka.bootstrap, ends, pipeline, warm, base)
+            )
             pipeline.wait_stored(timeout_s=600)
             paced_ends = {}
             for i, rate in enumerate(rates):
@@ -216,6 +246,8 @@ def main() -> None:
     parser.add_argument("--latency-calls", type=int, default=3000)
     parser.add_argument("--rate", type=float, nargs="+", default=[1000.0, 10000.0],
                         help="paced events/s for the latency measurements")
+    parser.add_argument("--warmup-calls", type=int, default=50_000,
+                        help="calls run through the pipeline (then restarted) before measuring")
     parser.add_argument("--warm", type=float, default=0.5,
                         help="fraction of the backlog processed before the drain is timed")
     args = parser.parse_args()
@@ -225,7 +257,8 @@ def main() -> None:
           f"| drain, whole (ev/s) | drain after {args.warm:.0%} (ev/s) | ratio | {rates} |")
     for engine in args.engines:
         for w in args.workers:
-            r = measure(engine, w, args.calls, args.latency_calls, args.rate, tmp, args.warm)
+            r = measure(engine, w, args.calls, args.latency_calls, args.rate, tmp, args.warm,
+                        args.warmup_calls)
             lats = " | ".join(
                 f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
                 for n, p50, p99, achieved in r["latency"].values()

@@ -2,12 +2,13 @@
 
     python bench/stream_cpu.py --calls 150000 --workers 2
 
-On a fresh local broker, a backlog of simulated traffic is produced first; then the sink and
-the worker(s) start (default engine), and once a `--warm` fraction of the backlog is committed
-the user + system CPU time of every process - the broker's JVM included, per thread name with
-`--threads` - is sampled from /proc until the workers committed the rest (polled as in
-bench/stream_bench.py). Prints events/s and CPU µs per event per process; `--profile DIR`
-also records a py-spy profile of each Python process over the same window.
+On a fresh local broker, after the warm-up pass of bench/stream_bench.py, a backlog of
+simulated traffic is produced; then the sink and the worker(s) start (default engine), and
+once a `--warm` fraction of the backlog is committed the user + system CPU time of every
+process - the broker's JVM included, per thread name with `--threads` - is sampled from /proc
+until the workers committed the rest (polled as in bench/stream_bench.py). Prints events/s
+and CPU µs per event per process; `--profile DIR` also records a py-spy profile of each
+Python process over the same window.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pipeline.simulate import SimConfig, generate, produce
 from pipeline.stream.progress import end_offsets
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream_bench import free_port, timed_drain  # noqa: E402
+from stream_bench import free_port, timed_drain, warm_up  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
 
@@ -57,6 +58,9 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=150_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
+        "--warmup-calls", type=int, default=50_000, help="as in bench/stream_bench.py"
+    )
+    parser.add_argument(
         "--warm", type=float, default=0.25, help="fraction of the backlog processed before sampling"
     )
     parser.add_argument("--threads", action="store_true", help="CPU per thread name too")
@@ -72,6 +76,18 @@ def main() -> None:
     try:
         ensure_topics(kafka.bootstrap, 8)
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+        pipeline = Pipeline(
+            kafka.bootstrap,
+            f"chdb://{tmp / 'store'}",
+            tmp / "logs",
+            args.workers,
+            {
+                "CDRPIPE_DATA": str(tmp / "data"),
+                "CDRPIPE_LOGLEVEL": os.environ.get("CDRPIPE_LOGLEVEL", "WARNING"),
+            },
+        )
+        warm_up(kafka, pipeline, args.warmup_calls, start)
+        base = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
         sim = generate(
             SimConfig(
                 calls=args.calls,
@@ -83,16 +99,6 @@ def main() -> None:
             )
         )
         asyncio.run(produce(sim.messages, kafka.bootstrap))
-        pipeline = Pipeline(
-            kafka.bootstrap,
-            f"chdb://{tmp / 'store'}",
-            tmp / "logs",
-            args.workers,
-            {
-                "CDRPIPE_DATA": str(tmp / "data"),
-                "CDRPIPE_LOGLEVEL": os.environ.get("CDRPIPE_LOGLEVEL", "WARNING"),
-            },
-        )
         pipeline.start()
         try:
             pids = {name: proc.pid for name, proc in pipeline.procs.items()}
@@ -127,7 +133,7 @@ def main() -> None:
 
             ends = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
             timed = asyncio.run(
-                timed_drain(kafka.bootstrap, ends, pipeline, args.warm, start_sampling)
+                timed_drain(kafka.bootstrap, ends, pipeline, args.warm, start_sampling, base)
             )
             backlog, elapsed = timed["warm"]
             used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
