@@ -4,10 +4,11 @@
 
 For each worker engine and worker count, in one run and on one fresh broker per measurement,
 after a warm-up pass of `--warmup-calls` calls through the pipeline (see `warm_up`):
-1. the raw aiokafka consume rate of the same input topics (the ceiling),
-2. worker(s) + sink draining a pre-loaded backlog: events/s from the first
-   committed offset to the last, and from the moment `--warm` of it was committed (steady
-   state: see `timed_drain`),
+1. the raw aiokafka consume rate of the same input topics (the ceiling; read last, with the
+   pipeline stopped),
+2. worker(s) + sink draining a backlog: events/s from the moment the backlog is produced
+   (into the running pipeline, every worker assigned: `backlog_into_running_pipeline`) until
+   the workers committed all of it,
 3. end-event -> queryable latency: calls produced at a steady pace to a caught-up
    pipeline; latency = the CDR row's ingested_at - the end event's send time.
 """
@@ -63,30 +64,46 @@ async def raw_consume_rate(bootstrap: str, total: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
+async def group_ready(bootstrap: str, members: int, timeout_s: float = 120) -> None:
+    """Wait until the worker group is stable with `members` members (all assigned)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                responses = await admin.describe_consumer_groups([WORKER_GROUP])
+            except KafkaError:
+                responses = []
+            # DescribeGroups: (error, group id, state, protocol type, protocol, members, ...)
+            groups = [g for r in responses for g in r.groups]
+            if any(g[2] == "Stable" and len(g[5]) == members for g in groups):
+                return
+            await asyncio.sleep(0.2)
+        raise TimeoutError(f"the worker group did not reach {members} members")
+    finally:
+        await admin.close()
+
+
 async def timed_drain(
     bootstrap: str,
+    base: dict[TopicPartition, int],
     ends: dict[TopicPartition, int],
     pipeline: Pipeline,
-    warm: float,
+    warm: float = 0.0,
     on_start: Callable[[], object] | None = None,
-    base: dict[TopicPartition, int] | None = None,
-) -> dict[str, tuple[int, float]]:
-    """Time the workers committing the whole backlog: {"all": (events, seconds) from their
-    first commit, "warm": (events, seconds) from the moment a `warm` fraction of the backlog
-    was committed}; `on_start` is called at that moment. The backlog is what lies between
-    `base` (default: the beginning) and `ends`.
+) -> tuple[int, float]:
+    """(events, seconds) from now - or, with `warm` > 0, from the moment that fraction of the
+    backlog between `base` and `ends` is committed; `on_start` is called then - until the
+    workers committed all of it.
 
-    The warm figure leaves out what a long-running pipeline has already paid for: the broker
-    JVM compiling its hot paths (it is started fresh for each measurement; its compiler threads
-    were still busy half-way through a 770k-event drain) and the workers' first look-ups of
-    each numbering plan. The backlog's end offsets are fixed, so only the group's commits are
-    polled, every 0.1 s with one admin client (0.5 ms of CPU per poll, against 6 ms for
-    `group_lag`, which opens a consumer and an admin client each time)."""
-    base = base or {}
+    Only the group's commits are polled (the end offsets are fixed), every 0.1 s with one
+    admin client (0.5 ms of CPU per poll, against 6 ms for `group_lag`, which opens a
+    consumer and an admin client each time)."""
     total = sum(end - base.get(tp, 0) for tp, end in ends.items())
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
-    marks: dict[str, tuple[int, float]] = {}
+    start: tuple[int, float] | None = None
     try:
         while True:
             pipeline.check_alive()
@@ -100,14 +117,12 @@ async def timed_drain(
                 for tp, meta in committed.items()
                 if tp in ends and meta.offset > 0
             )
-            if done > 0 and "all" not in marks:
-                marks["all"] = (done, now)
-            if done > total * warm and "warm" not in marks:
-                marks["warm"] = (done, now)
+            if start is None and done >= total * warm:
+                start = (done, now)
                 if on_start is not None:
                     on_start()
-            if done == total:
-                return {k: (total - d, now - t) for k, (d, t) in marks.items()}
+            if start is not None and done == total:
+                return total - start[0], now - start[1]
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
@@ -116,8 +131,7 @@ async def timed_drain(
 def warm_up(kafka: LocalKafka, pipeline: Pipeline, calls: int, start: datetime) -> None:
     """Run `calls` simulated calls (older than the measured ones) through the pipeline until
     stored, then stop it. The broker's JVM compiles its produce, fetch, commit and compaction
-    paths meanwhile, as a long-running broker has; the next start of the workers reads the
-    warm-up's call states back, before the measured backlog's first commit."""
+    paths meanwhile, as a long-running broker has done."""
     if calls <= 0:
         return
     sim = generate(SimConfig(calls=calls, seed=7, config_dir=str(CONFIG),
@@ -130,16 +144,20 @@ def warm_up(kafka: LocalKafka, pipeline: Pipeline, calls: int, start: datetime) 
         pipeline.stop()
 
 
-async def drain_rates(
-    bootstrap: str,
-    ends: dict[TopicPartition, int],
-    pipeline: Pipeline,
-    warm: float,
-    base: dict[TopicPartition, int],
-) -> dict[str, float]:
-    timed = await timed_drain(bootstrap, ends, pipeline, warm, base=base)
-    return {k: events / seconds if seconds > 0 else float("nan")
-            for k, (events, seconds) in timed.items()}
+def backlog_into_running_pipeline(
+    kafka: LocalKafka, pipeline: Pipeline, workers: int, sim_config: SimConfig
+) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Start the pipeline, wait until every worker has its partitions, then produce the
+    backlog as fast as possible; returns the input end offsets before and after it.
+
+    So every worker is busy from the first moment of the timed drain: started on a ready
+    backlog, the first worker to join took all partitions alone for seconds (the local
+    broker forms a group at once), and the figures drifted with that race."""
+    pipeline.start()
+    asyncio.run(group_ready(kafka.bootstrap, workers))
+    base = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
+    asyncio.run(produce(generate(sim_config).messages, kafka.bootstrap))
+    return base, asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
 
 
 def _stamp(ends: dict[str, float], call_id: str):
@@ -176,7 +194,6 @@ def measure(
     latency_calls: int,
     rates: list[float],
     tmp: Path,
-    warm: float,
     warmup_calls: int,
 ) -> dict:
     port, cport = free_port(), free_port()
@@ -192,19 +209,15 @@ def measure(
                             {"CDRPIPE_DATA": str(tmp / f"data-{tag}"),
                              "CDRPIPE_WORKER_ENGINE": engine})
         warm_up(kafka, pipeline, warmup_calls, start)
-        base = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
-        sim = generate(SimConfig(calls=calls, seed=100 + workers, config_dir=str(CONFIG),
-                                 start=start, reorder=0.02, duplicate=0.02))
-        asyncio.run(produce(sim.messages, kafka.bootstrap))
-        ends = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
-        total = sum(ends.values()) - sum(base.values())
-        result["events"] = total
-        result["raw_consume"] = asyncio.run(raw_consume_rate(kafka.bootstrap, total))
-        pipeline.start()
         try:
-            result["drain"] = asyncio.run(
-                drain_rates(kafka.bootstrap, ends, pipeline, warm, base)
+            base, ends = backlog_into_running_pipeline(
+                kafka, pipeline, workers,
+                SimConfig(calls=calls, seed=100 + workers, config_dir=str(CONFIG),
+                          start=start, reorder=0.02, duplicate=0.02),
             )
+            result["events"] = sum(ends.values()) - sum(base.values())
+            events, seconds = asyncio.run(timed_drain(kafka.bootstrap, base, ends, pipeline))
+            result["drain"] = events / seconds
             pipeline.wait_stored(timeout_s=600)
             paced_ends = {}
             for i, rate in enumerate(rates):
@@ -212,23 +225,24 @@ def measure(
                                          config_dir=str(CONFIG), start=datetime.now(UTC),
                                          call_rate=rate / 2.6))
                 t0 = time.perf_counter()
-                ends = asyncio.run(paced(kafka.bootstrap, lat.messages, rate))
+                acked = asyncio.run(paced(kafka.bootstrap, lat.messages, rate))
                 achieved = len(lat.messages) / (time.perf_counter() - t0)
-                paced_ends[rate] = (ends, achieved)
+                paced_ends[rate] = (acked, achieved)
                 pipeline.wait_stored(timeout_s=600)
         finally:
             pipeline.stop()
+        result["raw_consume"] = asyncio.run(raw_consume_rate(kafka.bootstrap, result["events"]))
         client = connect(store)
         try:
             result["latency"] = {}
-            for rate, (ends, achieved) in paced_ends.items():
+            for rate, (acked, achieved) in paced_ends.items():
                 rows = []
                 for table in ("cdr_outbound", "cdr_inbound"):
                     rows += client.query(
                         f"SELECT id, toUnixTimestamp64Milli(ingested_at) FROM {table} FINAL "
-                        "WHERE has({ids:Array(String)}, id)", parameters={"ids": list(ends)},
+                        "WHERE has({ids:Array(String)}, id)", parameters={"ids": list(acked)},
                     ).result_rows
-                lat_s = sorted(ms / 1000 - ends[i] for i, ms in rows)
+                lat_s = sorted(ms / 1000 - acked[i] for i, ms in rows)
                 result["latency"][rate] = (len(lat_s), statistics.median(lat_s),
                                            lat_s[int(len(lat_s) * 0.99) - 1], achieved)
         finally:
@@ -248,16 +262,14 @@ def main() -> None:
                         help="paced events/s for the latency measurements")
     parser.add_argument("--warmup-calls", type=int, default=50_000,
                         help="calls run through the pipeline (then restarted) before measuring")
-    parser.add_argument("--warm", type=float, default=0.5,
-                        help="fraction of the backlog processed before the drain is timed")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-stream-bench-"))
     rates = " | ".join(f"p50 / p99 (s) at {r:,.0f} ev/s" for r in args.rate)
     print(f"| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
-          f"| drain, whole (ev/s) | drain after {args.warm:.0%} (ev/s) | ratio | {rates} |")
+          f"| pipeline drain (ev/s) | ratio | {rates} |")
     for engine in args.engines:
         for w in args.workers:
-            r = measure(engine, w, args.calls, args.latency_calls, args.rate, tmp, args.warm,
+            r = measure(engine, w, args.calls, args.latency_calls, args.rate, tmp,
                         args.warmup_calls)
             lats = " | ".join(
                 f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
@@ -265,8 +277,7 @@ def main() -> None:
             )
             print(f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
                   f"cores | {engine} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
-                  f"{r['drain']['all']:,.0f} | {r['drain']['warm']:,.0f} | "
-                  f"{r['drain']['warm'] / r['raw_consume']:.2f} | {lats} |",
+                  f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | {lats} |",
                   flush=True)
 
 if __name__ == "__main__":

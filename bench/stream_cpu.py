@@ -2,13 +2,13 @@
 
     python bench/stream_cpu.py --calls 150000 --workers 2
 
-On a fresh local broker, after the warm-up pass of bench/stream_bench.py, a backlog of
-simulated traffic is produced; then the sink and the worker(s) start (default engine), and
-once a `--warm` fraction of the backlog is committed the user + system CPU time of every
-process - the broker's JVM included, per thread name with `--threads` - is sampled from /proc
-until the workers committed the rest (polled as in bench/stream_bench.py). Prints events/s
-and CPU µs per event per process; `--profile DIR` also records a py-spy profile of each
-Python process over the same window.
+On a fresh local broker, after the warm-up pass of bench/stream_bench.py, the worker(s)
+(default engine) and the sink start and, once every worker is assigned, a backlog of
+simulated traffic is produced. From then (or once a `--warm` fraction of it is committed)
+until the workers committed the rest, the user + system CPU time of every process - the
+broker's JVM included, per thread name with `--threads` - is sampled from /proc. Prints
+events/s and CPU µs per event per process; `--profile DIR` also records a py-spy profile of
+each Python process over the same window.
 """
 
 from __future__ import annotations
@@ -25,12 +25,16 @@ from pathlib import Path
 
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
-from pipeline.kafka.topics import INPUT_TOPICS, ensure_topics
-from pipeline.simulate import SimConfig, generate, produce
-from pipeline.stream.progress import end_offsets
+from pipeline.kafka.topics import ensure_topics
+from pipeline.simulate import SimConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stream_bench import free_port, timed_drain, warm_up  # noqa: E402
+from stream_bench import (  # noqa: E402
+    backlog_into_running_pipeline,
+    free_port,
+    timed_drain,
+    warm_up,
+)
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
 
@@ -61,7 +65,7 @@ def main() -> None:
         "--warmup-calls", type=int, default=50_000, help="as in bench/stream_bench.py"
     )
     parser.add_argument(
-        "--warm", type=float, default=0.25, help="fraction of the backlog processed before sampling"
+        "--warm", type=float, default=0.0, help="fraction of the backlog committed before sampling"
     )
     parser.add_argument("--threads", action="store_true", help="CPU per thread name too")
     parser.add_argument(
@@ -87,20 +91,20 @@ def main() -> None:
             },
         )
         warm_up(kafka, pipeline, args.warmup_calls, start)
-        base = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
-        sim = generate(
-            SimConfig(
-                calls=args.calls,
-                seed=5,
-                config_dir=str(CONFIG),
-                start=start,
-                reorder=0.02,
-                duplicate=0.02,
-            )
-        )
-        asyncio.run(produce(sim.messages, kafka.bootstrap))
-        pipeline.start()
         try:
+            base, ends = backlog_into_running_pipeline(
+                kafka,
+                pipeline,
+                args.workers,
+                SimConfig(
+                    calls=args.calls,
+                    seed=5,
+                    config_dir=str(CONFIG),
+                    start=start,
+                    reorder=0.02,
+                    duplicate=0.02,
+                ),
+            )
             pids = {name: proc.pid for name, proc in pipeline.procs.items()}
             pids["broker"] = int(kafka.pid_file.read_text().strip())
             before: dict[str, float] = {}
@@ -131,11 +135,9 @@ def main() -> None:
                 before.update({name: cpu_seconds(pid) for name, pid in pids.items()})
                 threads_before.update({name: thread_cpu(pid) for name, pid in pids.items()})
 
-            ends = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
-            timed = asyncio.run(
-                timed_drain(kafka.bootstrap, ends, pipeline, args.warm, start_sampling, base)
+            backlog, elapsed = asyncio.run(
+                timed_drain(kafka.bootstrap, base, ends, pipeline, args.warm, start_sampling)
             )
-            backlog, elapsed = timed["warm"]
             used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
             threads = {
                 name: {

@@ -79,7 +79,7 @@ from pipeline.stream.watchdog import TP, CommitWatchdog
 
 log = logging.getLogger(__name__)
 
-MAX_RECORDS = 5000  # messages per cycle
+MAX_RECORDS = 20_000  # messages per cycle
 GAUGE_POLL_S = 5.0
 # Partition p of every input topic (and of the ticks) must go to the same worker: a call's
 # three events are on partition p of three topics. The range assignor lays out each topic's
