@@ -170,16 +170,16 @@ def _describe(d: str) -> NumberInfo:
     num = _parse_e164(d)
     if num is None:
         return UNKNOWN
-    cc = num.country_code
+    cc = num.country_code or 0  # always set by `_parse_e164`; 0 has no region
     # `is_valid_number`, `number_type` and `region_code_for_number` each find the region and
     # match the type patterns again; this does it once (half the cost of a cache miss). A
     # region found from the calling code always belongs to it, so "valid" is exactly "has a
     # type" - tests/unit/test_numbers.py checks this against the public functions.
     region = region_code_for_number(num)
-    metadata = PhoneMetadata.metadata_for_region_or_calling_code(cc, region)
+    metadata = PhoneMetadata.metadata_for_region_or_calling_code(cc, region) if region else None
     kind = (
         _number_type_helper(national_significant_number(num), metadata)
-        if region is not None and metadata is not None
+        if metadata is not None
         else PhoneNumberType.UNKNOWN
     )
     valid = kind != PhoneNumberType.UNKNOWN

@@ -157,9 +157,9 @@ def _json_record(raw: bytes) -> tuple[str, bytes]:
     except orjson.JSONDecodeError as exc:
         raise StoreError(f"a CDR record is not JSON: {exc}") from None
     direction = data.get("direction") if type(data) is dict else None
-    spec = _JSON_DIRECTIONS.get(direction) if type(direction) is str else None
-    if spec is None:
+    if not isinstance(direction, str) or direction not in _JSON_DIRECTIONS:
         raise StoreError(f"a CDR record has no known direction: {raw[:200]!r}")
+    spec = _JSON_DIRECTIONS[direction]
     changed = False
     for name, plain in spec.money:
         value = data.get(name)
