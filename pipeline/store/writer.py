@@ -120,7 +120,6 @@ def _json_money(name: str, value: Any, call_id: Any) -> str:
 
 
 class _JsonDirection(NamedTuple):
-    table: str
     columns: frozenset[str]
     money: tuple[tuple[str, re.Pattern[str]], ...]  # column, plain text it holds exactly
 
@@ -134,7 +133,6 @@ def _plain_decimal(scale: int) -> re.Pattern[str]:
 
 _JSON_DIRECTIONS: dict[str, _JsonDirection] = {
     direction: _JsonDirection(
-        TABLES[direction],
         frozenset(columns),
         tuple(
             (name, _plain_decimal(_DECIMAL_SCALE[name]))

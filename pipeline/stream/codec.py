@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime
 from decimal import Decimal
-from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -20,7 +19,6 @@ from pipeline.core.events import event_from_dict, parse_ts
 from pipeline.core.model import CDR, Source
 
 _CDR_FIELDS = tuple(f.name for f in dataclasses.fields(CDR))
-_cdr_values = itemgetter(*_CDR_FIELDS)
 _TIME_FIELDS = frozenset({"start_time", "connect_time", "end_time"})
 _MONEY_FIELDS = frozenset(
     {"rate", "charged", "toll_free_amount", "termination_amount", "metered_amount"}
@@ -47,11 +45,7 @@ def cdr_from_bytes(raw: bytes) -> CDR:
     for name in _MONEY_FIELDS:
         if data.get(name) is not None:
             data[name] = Decimal(data[name])
-    try:
-        values = _cdr_values(data)  # positional: half the cost of CDR(**kwargs)
-    except KeyError:  # a record without some defaulted field: keyword arguments
-        return CDR(**{name: data[name] for name in _CDR_FIELDS if name in data})
-    return CDR(*values)
+    return CDR(**{name: data[name] for name in _CDR_FIELDS if name in data})
 
 
 def _held_to_json(held: Held | None) -> list[Any] | None:
