@@ -21,9 +21,10 @@ they never touch the parent's store client or threads and leave with ``os._exit`
 
 Data flow, bounded by `window` rounds in flight:
 
-    parent: read lines, find the call id (orjson), route the line to the worker of its
-            partition; up to `window` rounds of ~`chunk_lines` lines per worker in flight
-            --marshal-->  worker k: Engine.feed each line
+    parent: read lines, find the call id (orjson) and its partition, send the line to
+            the worker of that partition; up to `window` rounds of ~`chunk_lines` lines per
+            worker in flight
+            --marshal-->  worker k: Engine.feed_line each line, with its partition
     worker k: CDRs as rows of plain values (times as microsecond ticks, money as decimal
               strings; pickle for anything unusual)  --marshal-->  parent: CDR objects, merged
               in line order -> Collector -> sink
@@ -178,7 +179,7 @@ def _work(
     partitions: int,
     name: str,
 ) -> None:
-    """One worker: feeds its lines to its own Engine, round by round; one answer per round.
+    """One worker: feeds its lines, already routed, to its own Engine; one answer per round.
 
     Answers: ("round", cdr keys, marshalled?, CDRs, dead letters or None) with key
     2 * line for a CDR and (2 * line + 1, dead letter) for a dead letter; at the end
@@ -193,12 +194,13 @@ def _work(
                 if message is None:
                     break
                 settle()
-                numbers, raws = marshal.loads(message)
+                numbers, raws, routed = marshal.loads(message)
                 keys: list[int] = []
                 cdrs: list[CDR] = []
                 dead: list[tuple[int, DeadLetter]] = []
-                for number, raw in zip(numbers, raws, strict=True):
-                    out = feed(raw, name, number)  # = Engine.feed(raw, Source(name, 0, number))
+                for number, raw, partition in zip(numbers, raws, routed, strict=True):
+                    # = Engine.feed(raw, Source(name, 0, number), partition of a valid event)
+                    out = feed(raw, name, number, partition if partition >= 0 else None)
                     if out.cdrs:
                         for cdr in out.cdrs:
                             keys.append(2 * number)
@@ -288,31 +290,33 @@ class ParallelReplay(Collector):
     def _route(self, lines: Iterable[tuple[int, bytes]]) -> int:
         """Send every line to its worker in rounds and merge the answers; returns the count."""
         jobs, partitions = self.jobs, self.partitions
-        numbers: list[list[int]] = [[] for _ in range(jobs)]
-        raws: list[list[bytes]] = [[] for _ in range(jobs)]
+        empty: Callable[[], list[list[Any]]] = lambda: [[] for _ in range(jobs)]  # noqa: E731
+        numbers, raws, routed = empty(), empty(), empty()
         round_size = self.chunk_lines * jobs
         window = self.window
-        cache: dict[bytes, int] = {}
+        cache: dict[bytes, int] = {}  # call id -> partition
         in_round = in_flight = count = 0
         for number, raw in lines:
             key = call_key(raw)
-            worker = cache.get(key) if key is not None else None
-            if worker is None:
-                if key is None:
-                    worker = number % jobs
-                else:
-                    worker = ((murmur2(key) & 0x7FFFFFFF) % partitions) % jobs
+            if key is None:  # no valid event: any worker, no partition
+                partition = -1
+                worker = number % jobs
+            else:
+                partition = cache.get(key, -1)
+                if partition < 0:
+                    partition = (murmur2(key) & 0x7FFFFFFF) % partitions
                     if len(cache) >= _ROUTE_CACHE:
                         cache.clear()
-                    cache[key] = worker
+                    cache[key] = partition
+                worker = partition % jobs
             numbers[worker].append(number)
             raws[worker].append(raw)
+            routed[worker].append(partition)
             in_round += 1
             if in_round >= round_size:
                 count += in_round
-                self._send(numbers, raws)
-                numbers = [[] for _ in range(jobs)]
-                raws = [[] for _ in range(jobs)]
+                self._send(numbers, raws, routed)
+                numbers, raws, routed = empty(), empty(), empty()
                 in_round = 0
                 in_flight += 1
                 if in_flight >= window:
@@ -320,15 +324,17 @@ class ParallelReplay(Collector):
                     in_flight -= 1
         if in_round:
             count += in_round
-            self._send(numbers, raws)
+            self._send(numbers, raws, routed)
             in_flight += 1
         for _ in range(in_flight):
             self._merge_round()
         return count
 
-    def _send(self, numbers: list[list[int]], raws: list[list[bytes]]) -> None:
+    def _send(
+        self, numbers: list[list[int]], raws: list[list[bytes]], routed: list[list[int]]
+    ) -> None:
         for k, inbox in enumerate(self._inboxes):
-            inbox.put(marshal.dumps((numbers[k], raws[k]), _MARSHAL_VERSION))
+            inbox.put(marshal.dumps((numbers[k], raws[k], routed[k]), _MARSHAL_VERSION))
 
     def _receive(self, k: int, kind: str) -> tuple[Any, ...]:
         outbox, proc = self._outboxes[k], self._procs[k]

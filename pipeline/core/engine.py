@@ -100,8 +100,12 @@ class Engine:
             return _outcome([], [])
         return self._carry(actions)
 
-    def feed_line(self, raw: bytes, topic: str, offset: int) -> Outcome:
-        """``feed(raw, Source(topic, 0, offset))`` for offline replay, one `Source` cheaper."""
+    def feed_line(
+        self, raw: bytes, topic: str, offset: int, partition: int | None = None
+    ) -> Outcome:
+        """``feed(raw, Source(topic, 0, offset), partition)`` for offline replay, one `Source`
+        cheaper; `partition`, if given, must be ``partition_for(id)`` of a valid event (a
+        parallel replay's worker routed the line already)."""
         try:
             event = parse_event(raw)
         except InvalidEvent as exc:
@@ -109,9 +113,10 @@ class Engine:
             source = _source(topic, 0, offset)
             return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
         self.counters["events"] += 1
-        partition = self._routes.get(event.id)
         if partition is None:
-            partition = self._route(event.id)
+            partition = self._routes.get(event.id)
+            if partition is None:
+                partition = self._route(event.id)
         held = make_held(event, raw, _source(topic, partition, offset))
         actions = self.correlator.process(held, partition)
         if not actions:

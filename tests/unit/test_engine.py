@@ -106,6 +106,26 @@ def test_calls_are_routed_like_kafka_partitions(refdata):
     assert [(c.id, c.timed_out) for c in closed] == [("route-me", True)]
 
 
+def test_feed_line_routes_or_takes_the_given_partition(refdata):
+    """A parallel replay's worker passes the partition it routed a line to; the call then
+    lives there, exactly as if the engine had routed it itself."""
+    from pipeline.core.correlate import partition_for
+
+    part = partition_for("route-me", 8)
+    later = T0 + timedelta(hours=5)
+    for given in (None, part):
+        engine = Engine(refdata, partitions=8)
+        out = engine.feed_line(outbound_call("route-me")[0], "f", 1, given)
+        assert not out.cdrs and not out.dead
+        assert all(not engine.advance(p, later).cdrs for p in range(8) if p != part)
+        closed = engine.advance(part, later).cdrs
+        assert [(c.id, c.timed_out) for c in closed] == [("route-me", True)]
+    # an invalid line touches no partition, whatever it is given
+    engine = Engine(refdata, partitions=8)
+    out = engine.feed_line(b'{"event":"start","id":"x"}', "f", 2, 3)
+    assert [d.kind for d in out.dead] == ["invalid"] and out.dead[0].source.partition == 0
+
+
 def final_cdrs(refdata, raws: list[bytes]) -> dict:
     engine = Engine(refdata, settings=Settings())
     cdrs, _ = feed_all(engine, raws)
