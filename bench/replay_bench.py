@@ -18,9 +18,11 @@ import platform
 import resource
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import ReplaySummary, replay_file, resolve_jobs
 from pipeline.simulate import SimConfig, generate, write_jsonl
@@ -45,25 +47,36 @@ def measured(run) -> tuple[ReplaySummary, float, float]:
     return summary, own1 - own0, kids1 - kids0
 
 
+class TimedWriter:
+    """The store's writer (a `RowSink`), timing its writes."""
+
+    def __init__(self, writer: CdrWriter) -> None:
+        self.writer = writer
+        self.seconds = 0.0
+
+    def write(self, batch: Sequence[CDR]) -> None:
+        t0 = time.perf_counter()
+        self.writer.write(batch)
+        self.seconds += time.perf_counter() - t0
+
+    def write_rows(self, direction: str, rows: Sequence[bytes]) -> None:
+        t0 = time.perf_counter()
+        self.writer.write_rows(direction, rows)
+        self.seconds += time.perf_counter() - t0
+
+
 def with_store(
     path: Path, refdata: RefDataHolder, jobs: int, store: Path
 ) -> tuple[ReplaySummary, float, float, float]:
-    """Replay into a fresh embedded store: summary, CPU (parent, workers), store write seconds."""
+    """Replay into a fresh embedded store as `cdrpipe replay` does: summary, CPU (parent,
+    workers), store write seconds."""
     client = connect(f"chdb://{store}")
-    writer = CdrWriter(client)
-    store_s = 0.0
-
-    def timed_write(batch: list) -> None:
-        nonlocal store_s
-        t0 = time.perf_counter()
-        writer.write(batch)
-        store_s += time.perf_counter() - t0
-
+    sink = TimedWriter(CdrWriter(client))
     try:
-        full, own, kids = measured(lambda: replay_file(path, refdata, timed_write, jobs=jobs))
+        full, own, kids = measured(lambda: replay_file(path, refdata, sink, jobs=jobs))
     finally:
         client.close()
-    return full, own, kids, store_s
+    return full, own, kids, sink.seconds
 
 
 def main() -> None:

@@ -625,7 +625,7 @@ class ChaosRun:
             summary = replay_file(
                 self.work / "events.jsonl",
                 RefDataHolder(config.config_dir()),
-                CdrWriter(client).write,
+                CdrWriter(client),
                 settings=self.settings,
                 partitions=self.plan.partitions,
             )

@@ -75,7 +75,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         summary = replay_file(
             args.events,
             refdata,
-            writer.write,
+            writer,  # a RowSink: with --jobs, workers hand it rows of its tables
             settings=config.deadlines(),
             partitions=args.partitions,
             dead_letter=dead_letter,

@@ -13,11 +13,11 @@ from __future__ import annotations
 import gc
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 from pipeline.core.correlate import DeadLetter, Settings
 from pipeline.core.engine import Engine
@@ -109,6 +109,19 @@ def resolve_jobs(jobs: int, partitions: int) -> int:
     return max(1, min(jobs, partitions))
 
 
+@runtime_checkable
+class RowSink(Protocol):
+    """A sink that also takes CDRs as rows of its tables (`CdrWriter`): a parallel replay's
+    workers then encode them (`encode_row`), and the parent only passes bytes on."""
+
+    def write(self, cdrs: Sequence[CDR]) -> object: ...
+
+    def write_rows(self, direction: str, rows: Sequence[bytes]) -> object: ...
+
+
+Sink = Callable[[list[CDR]], object] | RowSink
+
+
 class Collector:
     """The output side of a replay: coalesces CDR versions, hands them to `sink` in batches,
     reports dead letters and keeps the summary. Shared by the one-process and the parallel
@@ -116,19 +129,21 @@ class Collector:
 
     Versions of the same call inside one batch are coalesced to the newest;
     across batches the store's idempotency (by call id and revision) applies.
+    `sink` is a function taking a list of CDRs or a `RowSink` (its `write` takes the CDRs).
     """
 
     def __init__(
         self,
-        sink: Callable[[list[CDR]], object],
+        sink: Sink,
         *,
         dead_letter: Callable[[int, DeadLetter], object] | None = None,
         flush_every: int = FLUSH_EVERY,
     ) -> None:
-        self.sink = sink
+        self.rows: RowSink | None = sink if isinstance(sink, RowSink) else None
+        self.sink: Callable[[list[CDR]], object] = sink.write if isinstance(sink, RowSink) else sink
         self.dead_letter = dead_letter
         self.flush_every = flush_every
-        self._pending: dict[str, CDR] = {}
+        self._pending: dict[str, Any] = {}  # call id -> its newest CDR (or row, see `_write`)
         self._final: dict[str, tuple[bool, bool]] = {}  # call id -> (rated, timed_out)
         self.summary = ReplaySummary()
 
@@ -137,6 +152,10 @@ class Collector:
             return
         batch = list(self._pending.values())
         self._pending.clear()
+        self._write(batch)
+
+    def _write(self, batch: list[Any]) -> None:
+        """Hand a batch of CDRs to the sink and remember their final state."""
         self.sink(batch)
         final = self._final
         for cdr in batch:
@@ -161,7 +180,7 @@ class Replay(Collector):
     def __init__(
         self,
         refdata: RefDataHolder,
-        sink: Callable[[list[CDR]], object],
+        sink: Sink,
         *,
         settings: Settings | None = None,
         partitions: int = DEFAULT_PARTITIONS,
@@ -216,7 +235,7 @@ class Replay(Collector):
 def replay_file(
     path: Path,
     refdata: RefDataHolder,
-    sink: Callable[[list[CDR]], object],
+    sink: Sink,
     *,
     jobs: int = 1,
     **kwargs: object,

@@ -46,7 +46,7 @@ from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter, itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -60,9 +60,11 @@ from pipeline.replay import (
     FLUSH_EVERY,
     Collector,
     ReplaySummary,
+    Sink,
     fewer_gc_passes,
     resolve_jobs,
 )
+from pipeline.store.writer import encode_row
 
 __all__ = ["ParallelReplay", "call_key", "encode_cdrs", "decode_cdrs"]
 
@@ -133,8 +135,11 @@ def _row(cdr: CDR) -> list[Any] | None:
     return row
 
 
-def encode_cdrs(cdrs: list[CDR]) -> tuple[bool, bytes]:
-    """(marshalled?, bytes) for `decode_cdrs`. Rows of plain values in marshal cost ~10 us per
+MARSHAL, PICKLE, ROWS = "marshal", "pickle", "rows"  # how a round's CDRs travel
+
+
+def encode_cdrs(cdrs: list[CDR]) -> tuple[str, bytes]:
+    """(MARSHAL or PICKLE, bytes) for `decode_cdrs`. Rows of plain values in marshal cost ~10 us per
     CDR there and back, pickled `CDR`s (datetimes, Decimals) ~19 us and the stream codec's JSON
     ~15 us. marshal refuses (rather than converts) anything that is not exactly a str, int,
     bool or None; such CDRs travel pickled."""
@@ -142,16 +147,16 @@ def encode_cdrs(cdrs: list[CDR]) -> tuple[bool, bytes]:
     for cdr in cdrs:
         row = _row(cdr)
         if row is None:
-            return False, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
+            return PICKLE, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
         rows.append(row)
     try:
-        return True, marshal.dumps(rows, _MARSHAL_VERSION)
+        return MARSHAL, marshal.dumps(rows, _MARSHAL_VERSION)
     except ValueError:
-        return False, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
+        return PICKLE, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
 
 
-def decode_cdrs(marshalled: bool, payload: bytes) -> list[CDR]:
-    if not marshalled:
+def decode_cdrs(encoding: str, payload: bytes) -> list[CDR]:
+    if encoding == PICKLE:
         return pickle.loads(payload)
     epoch, ticks = _EPOCH, timedelta
     out = []
@@ -168,6 +173,39 @@ def decode_cdrs(marshalled: bool, payload: bytes) -> list[CDR]:
     return out
 
 
+class RowEntry(NamedTuple):
+    """A CDR as a parallel replay's parent keeps it for a `RowSink`: its table row and what
+    the summary needs."""
+
+    id: str
+    direction: str
+    rated: bool
+    timed_out: bool
+    row: bytes
+
+
+def _encode_rows(cdrs: list[CDR]) -> bytes:
+    """A round's CDRs as rows of their tables (`encode_row`), with their ids and flags."""
+    return marshal.dumps(
+        (
+            [c.id for c in cdrs],
+            [(c.direction == "inbound") | c.rated << 1 | c.timed_out << 2 for c in cdrs],
+            [encode_row(c) for c in cdrs],
+        ),
+        _MARSHAL_VERSION,
+    )
+
+
+def _decode_rows(payload: bytes) -> list[RowEntry]:
+    ids, flags, rows = marshal.loads(payload)
+    return [
+        RowEntry(i, _DIRECTIONS[f & 1], bool(f & 2), bool(f & 4), r)
+        for i, f, r in zip(ids, flags, rows, strict=True)
+    ]
+
+
+_DIRECTIONS = ("outbound", "inbound")
+
 # ------------------------------------------------------------------ worker side
 
 
@@ -178,12 +216,14 @@ def _work(
     settings: Settings | None,
     partitions: int,
     name: str,
+    rows: bool,
 ) -> None:
     """One worker: feeds its lines, already routed, to its own Engine; one answer per round.
 
-    Answers: ("round", cdr keys, marshalled?, CDRs, dead letters or None) with key
+    Answers: ("round", cdr keys, encoding, CDRs, dead letters or None) with key
     2 * line for a CDR and (2 * line + 1, dead letter) for a dead letter; at the end
-    ("done", counters, open calls); on failure ("error", traceback).
+    ("done", counters, open calls); on failure ("error", traceback). With `rows`, CDRs travel
+    as the rows of their table (`encode_row`), else as `encode_cdrs` makes them.
     """
     try:
         engine = Engine(refdata, settings=settings, partitions=partitions)
@@ -208,8 +248,13 @@ def _work(
                     if out.dead:
                         for letter in out.dead:
                             dead.append((2 * number + 1, letter))
-                marshalled, payload = encode_cdrs(cdrs) if cdrs else (True, b"")
-                outbox.put(("round", keys, marshalled, payload, dead or None))
+                if not cdrs:
+                    encoding, payload = MARSHAL, b""
+                elif rows:
+                    encoding, payload = ROWS, _encode_rows(cdrs)
+                else:
+                    encoding, payload = encode_cdrs(cdrs)
+                outbox.put(("round", keys, encoding, payload, dead or None))
         outbox.put(("done", dict(engine.counters), engine.correlator.open_calls()))
     except BaseException:  # reported to the parent, which raises
         outbox.put(("error", traceback.format_exc()))
@@ -225,7 +270,7 @@ class ParallelReplay(Collector):
     def __init__(
         self,
         refdata: RefDataHolder,
-        sink: Callable[[list[CDR]], object],
+        sink: Sink,
         *,
         jobs: int = 0,
         settings: Settings | None = None,
@@ -257,7 +302,15 @@ class ParallelReplay(Collector):
         self._procs = [
             ctx.Process(
                 target=_work,
-                args=(inbox, outbox, self.refdata, self.settings, self.partitions, name),
+                args=(
+                    inbox,
+                    outbox,
+                    self.refdata,
+                    self.settings,
+                    self.partitions,
+                    name,
+                    self.rows is not None,
+                ),
                 name=f"cdrpipe-replay-{k}",
                 daemon=True,
             )
@@ -362,9 +415,10 @@ class ParallelReplay(Collector):
         self._settle()
         items: list[tuple[int, Any]] = []
         for k in range(self.jobs):
-            _, keys, marshalled, payload, dead = self._receive(k, "round")
+            _, keys, encoding, payload, dead = self._receive(k, "round")
             if keys:
-                items.extend(zip(keys, decode_cdrs(marshalled, payload), strict=True))
+                cdrs = _decode_rows(payload) if encoding == ROWS else decode_cdrs(encoding, payload)
+                items.extend(zip(keys, cdrs, strict=True))
             if dead:
                 items.extend(dead)
         if not items:
@@ -390,6 +444,20 @@ class ParallelReplay(Collector):
                 pending[item.id] = item
         if len(pending) >= flush_every:
             self.flush()
+
+    def _write(self, batch: list[Any]) -> None:
+        """A batch of CDRs, or of `RowEntry`s for the `RowSink`, by table."""
+        if self.rows is None:
+            super()._write(batch)
+            return
+        tables: dict[str, list[bytes]] = {direction: [] for direction in _DIRECTIONS}
+        final = self._final
+        for entry in batch:
+            tables[entry.direction].append(entry.row)
+            final[entry.id] = (entry.rated, entry.timed_out)
+        for direction, rows in tables.items():
+            if rows:
+                self.rows.write_rows(direction, rows)
 
     def _stop(self, clean: bool) -> None:
         procs = self._procs

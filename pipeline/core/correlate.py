@@ -243,7 +243,11 @@ class Correlator:
             elif kind == "start":
                 actions = self._apply(None, held, part)  # the start, at last: a call anew
             else:  # more of an orphan: dead-lettered at once, and remembered with the rest
-                self.states[event.id] = replace(state, **{kind: held}, trigger=held.source)
+                if kind == "connect":
+                    state = replace(state, connect=held, trigger=held.source)
+                else:
+                    state = replace(state, end=held, trigger=held.source)
+                self.states[event.id] = state
                 reason = orphan_reason(event.id, self.settings)
                 actions = [DeadLetter(held.raw, held.source, reason, "orphan", event.id)]
         else:

@@ -25,10 +25,10 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.insert import InsertContext
 
-from pipeline.core.model import CDR
+from pipeline.core.model import CDR, Direction
 from pipeline.store.client import COLUMNS, TABLES, StoreError
 
-__all__ = ["DEFAULT_BATCH_SIZE", "INSERT_SETTINGS", "CdrWriter"]
+__all__ = ["DEFAULT_BATCH_SIZE", "INSERT_SETTINGS", "CdrWriter", "decode_row", "encode_row"]
 
 DEFAULT_BATCH_SIZE = 50_000
 #: Synchronous inserts: when `write` returns the rows are stored (and visible to FINAL reads).
@@ -173,6 +173,66 @@ def _json_record(raw: bytes) -> tuple[str, bytes]:
     return direction, orjson.dumps(data) if changed else raw
 
 
+# ---------------------------------------------------------------- rows (JSONCompactEachRow)
+# A CDR as one row of its direction's table: a JSON array of `COLUMNS[direction]` in order,
+# times in ISO 8601 with their offset, money as plain decimal text checked to fit its column.
+# A parallel replay's workers encode their CDRs so; the parent, which alone may write to an
+# embedded store, passes the bytes through (`CdrWriter.write_rows`) instead of rebuilding CDRs
+# and columns in Python: about half the CPU per CDR (docs/BENCHMARKS.md).
+
+ROW_FORMAT = "JSONCompactEachRow"
+_ROW_GET = {direction: attrgetter(*columns) for direction, columns in COLUMNS.items()}
+_ROW_MONEY = {
+    direction: tuple((i, name) for i, name in enumerate(columns) if name in _DECIMAL_SCALE)
+    for direction, columns in COLUMNS.items()
+}
+_ROW_TIMES = {
+    direction: tuple(i for i, name in enumerate(columns) if name in _TIME_COLUMNS)
+    for direction, columns in COLUMNS.items()
+}
+_PLAIN = {scale: _plain_decimal(scale) for scale in set(_DECIMAL_SCALE.values())}
+
+
+def _row_money(name: str, value: Any, call_id: str) -> str:
+    if type(value) is Decimal:
+        text = str(value)
+        if _PLAIN[_DECIMAL_SCALE[name]].fullmatch(text):
+            return text
+    if not _exact(name, value):
+        raise _inexact(name, value, call_id)
+    return format(value, "f")
+
+
+def encode_row(cdr: CDR) -> bytes:
+    """The CDR as one row of its direction's table; StoreError for an unknown direction or
+    money its column cannot hold exactly."""
+    get = _ROW_GET.get(cdr.direction)
+    if get is None:
+        raise StoreError(f"CDR {cdr.id!r} has unknown direction {cdr.direction!r}")
+    values = list(get(cdr))
+    for i, name in _ROW_MONEY[cdr.direction]:
+        value = values[i]
+        if value is not None:
+            values[i] = _row_money(name, value, cdr.id)
+    try:
+        return orjson.dumps(values)
+    except TypeError as exc:  # e.g. a time that is not a datetime
+        raise StoreError(f"CDR {cdr.id!r} cannot be written as a row: {exc}") from None
+
+
+def decode_row(direction: Direction, raw: bytes) -> CDR:
+    """The CDR of a row `encode_row` wrote (fields the direction lacks are None); equal to the
+    one encoded, with money as the text sent (Decimal("0E-6") comes back as 0.000000)."""
+    values = orjson.loads(raw)
+    for i in _ROW_TIMES[direction]:
+        if values[i] is not None:
+            values[i] = datetime.fromisoformat(values[i])
+    for i, _ in _ROW_MONEY[direction]:
+        if values[i] is not None:
+            values[i] = Decimal(values[i])
+    return CDR(direction=direction, **dict(zip(COLUMNS[direction], values, strict=True)))
+
+
 class CdrWriter:
     """Stores CDRs in the table of their direction, in batches of `batch_size` rows."""
 
@@ -223,20 +283,31 @@ class CdrWriter:
         for direction, rows in by_direction.items():
             for i in range(0, len(rows), self._batch_size):
                 chunk = rows[i : i + self._batch_size]
-                try:
-                    self._client.raw_insert(
-                        TABLES[direction],
-                        list(COLUMNS[direction]),
-                        b"\n".join(chunk),
-                        settings=JSON_INSERT_SETTINGS,
-                        fmt="JSONEachRow",
-                    )
-                except ClickHouseError as ex:
-                    raise StoreError(
-                        f"cannot store {len(chunk)} {direction} CDR records: {ex}"
-                    ) from ex
+                self._raw_insert(direction, "JSONEachRow", b"\n".join(chunk), len(chunk))
                 written += len(chunk)
         return written
+
+    def write_rows(self, direction: str, rows: Sequence[bytes]) -> int:
+        """Insert rows `encode_row` made of CDRs of `direction`; ClickHouse parses them.
+        Safe to repeat, like `write`."""
+        if direction not in TABLES:
+            raise StoreError(f"unknown direction {direction!r}")
+        for i in range(0, len(rows), self._batch_size):
+            chunk = rows[i : i + self._batch_size]
+            self._raw_insert(direction, ROW_FORMAT, b"\n".join(chunk), len(chunk))
+        return len(rows)
+
+    def _raw_insert(self, direction: str, fmt: str, data: bytes, count: int) -> None:
+        try:
+            self._client.raw_insert(
+                TABLES[direction],
+                list(COLUMNS[direction]),
+                data,
+                settings=JSON_INSERT_SETTINGS,
+                fmt=fmt,
+            )
+        except ClickHouseError as ex:
+            raise StoreError(f"cannot store {count} {direction} CDR records: {ex}") from ex
 
     def _columns(self, direction: str, batch: Sequence[CDR]) -> list[list[Any]]:
         data: list[list[Any]] = []

@@ -113,9 +113,9 @@ def test_feed_line_routes_or_takes_the_given_partition(refdata):
 
     part = partition_for("route-me", 8)
     later = T0 + timedelta(hours=5)
-    for given in (None, part):
+    for routed in (None, part):
         engine = Engine(refdata, partitions=8)
-        out = engine.feed_line(outbound_call("route-me")[0], "f", 1, given)
+        out = engine.feed_line(outbound_call("route-me")[0], "f", 1, routed)
         assert not out.cdrs and not out.dead
         assert all(not engine.advance(p, later).cdrs for p in range(8) if p != part)
         closed = engine.advance(part, later).cdrs

@@ -23,8 +23,16 @@ from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import ReplaySummary, replay_file, resolve_jobs
-from pipeline.replay_parallel import ParallelReplay, call_key, decode_cdrs, encode_cdrs
+from pipeline.replay_parallel import (
+    MARSHAL,
+    PICKLE,
+    ParallelReplay,
+    call_key,
+    decode_cdrs,
+    encode_cdrs,
+)
 from pipeline.simulate import SimConfig, generate, write_jsonl
+from pipeline.store.writer import decode_row
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
 SETTINGS = Settings(
@@ -112,6 +120,48 @@ def test_parallel_replay_is_identical(events, refdata):
     assert not multiprocessing.active_children()
 
 
+class Rows:
+    """A `RowSink` that keeps what it is given: batches of CDRs and of table rows."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[CDR]] = []
+
+    def write(self, cdrs) -> None:
+        self.batches.append(list(cdrs))
+
+    def write_rows(self, direction: str, rows) -> None:
+        self.batches.append([decode_row(direction, row) for row in rows])
+
+
+def test_rows_reach_a_row_sink_as_the_one_process_batches(events, refdata):
+    """With a `RowSink`, workers send rows of the tables; the sink gets each batch of the
+    one-process replay, split by direction, equal field by field."""
+    one = replay(events, refdata, 1, flush_every=700)
+    expected = [
+        [c for c in batch if c[1][2] == repr(direction)]
+        for batch in one[0]
+        for direction in ("outbound", "inbound")
+    ]
+    sink = Rows()
+    dead: list[tuple[int, DeadLetter]] = []
+    summary = replay_file(
+        events,
+        refdata,
+        sink,
+        jobs=2,
+        settings=SETTINGS,
+        flush_every=700,
+        dead_letter=lambda line, letter: dead.append((line, letter)),
+    )
+    got = [[strict(c) for c in batch] for batch in sink.batches]
+    assert got == [b for b in expected if b] and len(got) > len(one[0])
+    assert dead == one[1] and counted(summary) == counted(one[2])
+    # one process writes CDR objects through the same sink's `write`
+    sink = Rows()
+    replay_file(events, refdata, sink, jobs=1, settings=SETTINGS, flush_every=700)
+    assert [[strict(c) for c in batch] for batch in sink.batches] == one[0]
+
+
 def test_more_jobs_than_partitions(events, refdata):
     one = replay(events, refdata, 1, partitions=2)
     many = replay(events, refdata, 5, partitions=2)  # capped at 2 workers
@@ -184,19 +234,20 @@ def test_call_key_is_none_only_for_invalid_messages(raw):
 def test_cdr_transfer_round_trip(events, refdata):
     cdrs: list[CDR] = []
     replay_file(events, refdata, cdrs.extend, settings=SETTINGS)
-    marshalled, payload = encode_cdrs(cdrs)
-    assert marshalled
-    assert [strict(c) for c in decode_cdrs(marshalled, payload)] == [strict(c) for c in cdrs]
+    encoding, payload = encode_cdrs(cdrs)
+    assert encoding == MARSHAL
+    assert [strict(c) for c in decode_cdrs(encoding, payload)] == [strict(c) for c in cdrs]
     # unusual values are pickled rather than converted
     odd = [
         dataclasses.replace(cdrs[0], rate=Decimal("1.2300"), charged=Decimal("-0E-6")),
         dataclasses.replace(cdrs[1], start_time=cdrs[1].start_time.replace(tzinfo=None)),
     ]
-    marshalled, payload = encode_cdrs(odd[:1])
-    assert marshalled and [strict(c) for c in decode_cdrs(marshalled, payload)] == [strict(odd[0])]
-    marshalled, payload = encode_cdrs(odd)
-    assert not marshalled
-    assert [strict(c) for c in decode_cdrs(marshalled, payload)] == [strict(c) for c in odd]
+    encoding, payload = encode_cdrs(odd[:1])
+    assert encoding == MARSHAL
+    assert [strict(c) for c in decode_cdrs(encoding, payload)] == [strict(odd[0])]
+    encoding, payload = encode_cdrs(odd)
+    assert encoding == PICKLE
+    assert [strict(c) for c in decode_cdrs(encoding, payload)] == [strict(c) for c in odd]
 
 
 class Boom(Exception):
