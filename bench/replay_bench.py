@@ -2,29 +2,30 @@
 
     python bench/replay_bench.py --events 1000000 --jobs 1 2
 
-Measures the whole offline path (read, validate, correlate, rate, store writes)
-and, in the same run, the core alone (no store) so the two can be compared; with
-several `--jobs` values, each is measured in the same run on the same file (so the
-ratios compare), with its own fresh store. Prints one Markdown table row per
-measurement for docs/BENCHMARKS.md.
+Measures the whole offline path (read, validate, correlate, rate, store writes) and, in the
+same run, everything but the store (a sink that discards) so the two can be compared; with
+several `--jobs` values, each is measured in the same run on the same file (so the ratios
+compare), with its own fresh store. Prints one Markdown table row per measurement for
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import multiprocessing as mp
 import os
 import platform
 import resource
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
-from pipeline.replay import ReplaySummary, replay_file, resolve_jobs
+from pipeline.replay import replay_file, resolve_jobs
 from pipeline.simulate import SimConfig, generate, write_jsonl
 from pipeline.store.client import connect
 from pipeline.store.writer import CdrWriter
@@ -39,12 +40,46 @@ def cpu_seconds() -> tuple[float, float]:
     return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-def measured(run) -> tuple[ReplaySummary, float, float]:
-    """The summary of `run()` and the CPU seconds it took in this process and in workers."""
+def timed(run: Callable[[], Any]) -> tuple[Any, float, float]:
+    """`run()`'s result and the CPU seconds it took in this process and its workers."""
     own0, kids0 = cpu_seconds()
-    summary = run()
+    result = run()
     own1, kids1 = cpu_seconds()
-    return summary, own1 - own0, kids1 - kids0
+    return result, own1 - own0, kids1 - kids0
+
+
+def in_child(run: Callable[[], Any]) -> tuple[Any, float, float]:
+    """`run()` in a forked child process: its result, and the peak RSS in MB of the child and
+    of the replay workers it forked. Every measurement so starts from the same small heap, as
+    `cdrpipe replay` does, whatever ran before it in this process."""
+    receive, send = mp.Pipe(duplex=False)
+
+    def child() -> None:
+        result = run()
+        send.send((result, *(resource.getrusage(who).ru_maxrss / 1024 for who in _WHO)))
+
+    proc = mp.get_context("fork").Process(target=child)
+    proc.start()
+    try:
+        out = receive.recv()
+    except EOFError:
+        proc.join()
+        raise SystemExit(f"a measurement failed (exit code {proc.exitcode})") from None
+    proc.join()
+    return out
+
+
+_WHO = (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+
+
+class Discard:
+    """A `RowSink` that stores nothing: the replay does all its work but the store's."""
+
+    def write(self, batch: Sequence[CDR]) -> None:
+        pass
+
+    def write_rows(self, direction: str, rows: Sequence[bytes]) -> None:
+        pass
 
 
 class TimedWriter:
@@ -67,16 +102,20 @@ class TimedWriter:
 
 def with_store(
     path: Path, refdata: RefDataHolder, jobs: int, store: Path
-) -> tuple[ReplaySummary, float, float, float]:
-    """Replay into a fresh embedded store as `cdrpipe replay` does: summary, CPU (parent,
-    workers), store write seconds."""
+) -> tuple[Any, float, float, float]:
+    """Replay into a fresh embedded store as `cdrpipe replay` does: summary, CPU seconds
+    (process, workers) and store write seconds."""
     client = connect(f"chdb://{store}")
     sink = TimedWriter(CdrWriter(client))
     try:
-        full, own, kids = measured(lambda: replay_file(path, refdata, sink, jobs=jobs))
+        summary, own, kids = timed(lambda: replay_file(path, refdata, sink, jobs=jobs))
     finally:
         client.close()
-    return full, own, kids, sink.seconds
+    return summary, own, kids, sink.seconds
+
+
+def write_events(cfg: SimConfig, path: Path) -> None:
+    write_jsonl(generate(cfg).messages, path)
 
 
 def main() -> None:
@@ -102,26 +141,35 @@ def main() -> None:
         malformed=0.002,
     )
     t = time.perf_counter()
-    sim = generate(cfg)
     path = tmp / "events.jsonl"
-    lines = write_jsonl(sim.messages, path)
-    del sim
-    gc.collect()
+    # In a child process: the simulator's ~1.5 GB of messages would otherwise stay in this
+    # process's heap, and every forked replay worker would start from it (cdrpipe replay's
+    # workers do not).
+    child = mp.get_context("fork").Process(target=write_events, args=(cfg, path))
+    child.start()
+    child.join()
+    if child.exitcode != 0:
+        raise SystemExit(f"generating the events failed (exit code {child.exitcode})")
+    lines = sum(1 for _ in path.open("rb"))
     print(f"generated {lines} events ({calls} calls) in {time.perf_counter() - t:.1f}s -> {path}")
 
     refdata = RefDataHolder(CONFIG)
     rows = []
+    peak = [0.0, 0.0]
     for jobs in args.jobs:
         workers = resolve_jobs(jobs, 8)
-        core, core_own, core_kids = measured(
-            lambda jobs=jobs: replay_file(path, refdata, lambda batch: None, jobs=jobs)
+        (core, core_own, core_kids), *rss = in_child(
+            lambda jobs=jobs: timed(lambda: replay_file(path, refdata, Discard(), jobs=jobs))
         )
+        peak = [max(a, b) for a, b in zip(peak, rss, strict=True)]
         print(
             f"jobs={workers} core only:  {core.lines / core.seconds:>9,.0f} events/s "
             f"({core.seconds:.1f}s; CPU {core_own:.1f}s parent + {core_kids:.1f}s workers)"
         )
-
-        full, own, kids, store_s = with_store(path, refdata, jobs, tmp / f"store-{workers}")
+        (full, own, kids, store_s), *rss = in_child(
+            lambda jobs=jobs: with_store(path, refdata, jobs, tmp / f"store-{jobs}")
+        )
+        peak = [max(a, b) for a, b in zip(peak, rss, strict=True)]
         print(full.render())
         print(
             f"jobs={workers} with store: {full.lines / full.seconds:>9,.0f} events/s "
@@ -130,9 +178,10 @@ def main() -> None:
         )
         rows.append((workers, core, full, store_s, own, kids))
 
-    rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    kids_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(f"peak RSS: {rss_mb:.0f} MB this process, {kids_mb:.0f} MB the largest worker")
+    print(
+        f"peak RSS: {peak[0]:.0f} MB the replaying process, {peak[1]:.0f} MB the largest"
+        " replay worker"
+    )
     print()
     print(
         "| date | machine | events | jobs | core only (events/s) | end to end incl. store"
