@@ -114,6 +114,23 @@ def with_store(
     return summary, own, kids, sink.seconds
 
 
+def bench_events(events: int) -> SimConfig:
+    """The simulator's settings for ~`events` messages: calls of the last 12 hours, 2%
+    reordered, 2% duplicated, 1% late, 0.5% orphans, 0.5% never ending, 0.2% malformed."""
+    return SimConfig(
+        calls=int(events / 2.55),  # the default mix averages ~2.55 messages per call
+        seed=7,
+        config_dir=str(CONFIG),
+        start=datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=12),
+        reorder=0.02,
+        duplicate=0.02,
+        late=0.01,
+        orphan=0.005,
+        never_ending=0.005,
+        malformed=0.002,
+    )
+
+
 def write_events(cfg: SimConfig, path: Path) -> None:
     write_jsonl(generate(cfg).messages, path)
 
@@ -125,21 +142,9 @@ def main() -> None:
         "--jobs", type=int, nargs="+", default=[1], help="worker processes to measure (0 = CPUs)"
     )
     args = parser.parse_args()
-    calls = int(args.events / 2.55)  # the default mix averages ~2.55 messages per call
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-bench-"))
-    start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=12)
-    cfg = SimConfig(
-        calls=calls,
-        seed=7,
-        config_dir=str(CONFIG),
-        start=start,
-        reorder=0.02,
-        duplicate=0.02,
-        late=0.01,
-        orphan=0.005,
-        never_ending=0.005,
-        malformed=0.002,
-    )
+    cfg = bench_events(args.events)
+    calls = cfg.calls
     t = time.perf_counter()
     path = tmp / "events.jsonl"
     # In a child process: the simulator's ~1.5 GB of messages would otherwise stay in this
