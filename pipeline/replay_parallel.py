@@ -25,9 +25,11 @@ Data flow, bounded by `window` rounds in flight:
             the worker of that partition; up to `window` rounds of ~`chunk_lines` lines per
             worker in flight
             --marshal-->  worker k: Engine.feed_line each line, with its partition
-    worker k: CDRs as rows of plain values (times as microsecond ticks, money as decimal
-              strings; pickle for anything unusual)  --marshal-->  parent: CDR objects, merged
-              in line order -> Collector -> sink
+    worker k: CDRs, for a `RowSink` (a store's writer) as rows of their tables (`encode_row`,
+              JSONCompactEachRow bytes), else as rows of plain values (times as microsecond
+              ticks, money as decimal strings; pickle for anything unusual)  --marshal-->
+    parent: merged in line order -> Collector -> `RowSink.write_rows` the bytes as they
+            came, or the sink CDR objects
 """
 
 from __future__ import annotations
