@@ -16,6 +16,7 @@ handled inside the agent, where table writes are allowed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
@@ -54,6 +55,7 @@ from pipeline.stream.runtime import (
     reload_refdata,
     restart_in_place,
     tick_stamp,
+    wait_for_broker,
 )
 from pipeline.stream.watchdog import CommitFence, CommitWatchdog
 
@@ -324,6 +326,7 @@ def install_commit_fence(app: faust.App, fence: CommitFence) -> None:
 
 def run_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:
     """Run one worker process until it is stopped (SIGTERM/SIGINT)."""
+    asyncio.run(wait_for_broker(kwargs.get("bootstrap") or config.kafka_bootstrap()))
     app = create_app(**kwargs)
     metrics.serve(metrics_port)
     worker = faust.Worker(app, loglevel=config.env("CDRPIPE_LOGLEVEL", "warning"), quiet=True)

@@ -74,6 +74,7 @@ from pipeline.stream.runtime import (
     reload_refdata,
     restart_in_place,
     tick_stamp,
+    wait_for_broker,
 )
 from pipeline.stream.watchdog import TP, CommitWatchdog
 
@@ -264,6 +265,7 @@ class BatchWorker:
     # -- life cycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        await wait_for_broker(self.bootstrap)
         await ensure_topics_async(self.bootstrap, self.partitions)
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,

@@ -13,11 +13,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime, timedelta
 
 import orjson
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
 
+from pipeline import config
 from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
 from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
@@ -137,6 +140,42 @@ class WorkerRuntime:
             len(doubtful),
         )
         return self.engine.resend(doubtful)
+
+
+async def _metadata(bootstrap: str) -> None:
+    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+    try:
+        await client.bootstrap()
+    finally:
+        await client.close()
+
+
+async def wait_for_broker(
+    bootstrap: str,
+    wait_s: float | None = None,
+    *,
+    probe: Callable[[str], Awaitable[None]] = _metadata,
+) -> None:
+    """Return once the broker answers a metadata request; raise the last error after `wait_s`
+    (`CDRPIPE_BROKER_WAIT_S`, 300 by default).
+
+    A worker (re)started while the broker is down, during a broker restart, waits for it here
+    instead of failing at once (aiokafka and Faust give up on the first refused bootstrap) and
+    being restarted in a loop by its supervisor."""
+    if wait_s is None:
+        wait_s = float(config.env("CDRPIPE_BROKER_WAIT_S", "300"))
+    deadline = time.monotonic() + wait_s
+    delay = 0.5
+    while True:
+        try:
+            await probe(bootstrap)
+            return
+        except (KafkaError, OSError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("broker %s not answering (%s); waiting for it", bootstrap, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def known_committed_offsets(bootstrap: str, wait_s: float = 60.0) -> dict[TP, int]:

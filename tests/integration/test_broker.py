@@ -7,12 +7,14 @@ needs nor disturbs a developer's broker on 9092.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.kafka.broker import LocalKafka
@@ -24,6 +26,7 @@ from pipeline.kafka.topics import (
     delete_topics,
     ensure_topics,
 )
+from pipeline.stream.runtime import wait_for_broker
 from tests.integration.conftest import free_ports
 
 PARTITIONS = 3
@@ -133,3 +136,24 @@ def test_broker_lifecycle(kafka: LocalKafka) -> None:
     log_text = kafka.log_file.read_text()
     assert "Kafka Server started" in log_text or "started" in log_text
     assert kafka.console_file.read_text().strip() == ""  # everything went to log4j files
+
+
+def test_a_worker_waits_for_a_broker_that_is_down(kafka: LocalKafka) -> None:
+    """`wait_for_broker`, which both worker engines run first: a worker started during a
+    broker restart waits for the broker instead of exiting; it gives up after its wait."""
+
+    async def scenario() -> float:
+        waiting = asyncio.create_task(wait_for_broker(kafka.bootstrap, wait_s=180))
+        await asyncio.sleep(3)
+        assert not waiting.done()  # still waiting: nothing listens yet
+        started = time.monotonic()
+        await asyncio.to_thread(kafka.start)
+        await asyncio.wait_for(waiting, timeout=60)
+        return time.monotonic() - started
+
+    assert _run(scenario()) < 60
+    (port,) = free_ports(1)  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises((KafkaError, OSError)):
+        _run(wait_for_broker(f"127.0.0.1:{port}", wait_s=2))
+    assert 1 < time.monotonic() - started < 15
