@@ -50,9 +50,10 @@ from decimal import Decimal
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
-from pipeline.core.correlate import DeadLetter, Settings, murmur2
+from pipeline.core.correlate import DeadLetter, Settings
 from pipeline.core.engine import Engine
 from pipeline.core.events import MAX_MESSAGE_BYTES
 from pipeline.core.model import CDR
@@ -97,6 +98,44 @@ def call_key(raw: bytes) -> bytes | None:
             except UnicodeEncodeError:  # a lone surrogate: refused by orjson already
                 return None
     return None
+
+
+_M = np.uint32(0x5BD1E995)
+
+
+def partitions_for(keys: list[bytes], partitions: int) -> list[int]:
+    """``(murmur2(key) & 0x7FFFFFFF) % partitions`` of each key (Kafka's default partitioner),
+    computed with numpy for all keys of a length at once: ~0.13 us a key against ~1.4 for
+    `murmur2` in Python (tests/unit/test_replay_parallel.py compares the two)."""
+    out = [0] * len(keys)
+    by_length: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        by_length.setdefault(len(key), []).append(i)
+    for length, at in by_length.items():
+        data = np.frombuffer(b"".join([keys[i] for i in at]), dtype=np.uint8)
+        data = data.reshape(len(at), length)
+        h = np.full(len(at), (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint32)
+        nblocks = length >> 2
+        if nblocks:
+            blocks = np.ascontiguousarray(data[:, : nblocks * 4]).view("<u4")
+            for j in range(nblocks):
+                k = blocks[:, j] * _M
+                k ^= k >> np.uint32(24)
+                h = (h * _M) ^ (k * _M)
+        tail, base = length & 3, nblocks << 2
+        if tail:
+            if tail == 3:
+                h ^= data[:, base + 2].astype(np.uint32) << np.uint32(16)
+            if tail >= 2:
+                h ^= data[:, base + 1].astype(np.uint32) << np.uint32(8)
+            h ^= data[:, base].astype(np.uint32)
+            h = h * _M
+        h ^= h >> np.uint32(13)
+        h = h * _M
+        h ^= h >> np.uint32(15)
+        for i, value in zip(at, ((h & np.uint32(0x7FFFFFFF)) % partitions).tolist(), strict=True):
+            out[i] = value
+    return out
 
 
 # ------------------------------------------------------------------ CDR transfer
@@ -344,52 +383,58 @@ class ParallelReplay(Collector):
 
     def _route(self, lines: Iterable[tuple[int, bytes]]) -> int:
         """Send every line to its worker in rounds and merge the answers; returns the count."""
-        jobs, partitions = self.jobs, self.partitions
-        empty: Callable[[], list[list[Any]]] = lambda: [[] for _ in range(jobs)]  # noqa: E731
-        numbers, raws, routed = empty(), empty(), empty()
-        round_size = self.chunk_lines * jobs
+        numbers: list[int] = []
+        raws: list[bytes] = []
+        round_size = self.chunk_lines * self.jobs
         window = self.window
-        cache: dict[bytes, int] = {}  # call id -> partition
-        in_round = in_flight = count = 0
+        self._partition_of: dict[bytes, int] = {}  # call id -> partition, for `_send`
+        in_flight = count = 0
         for number, raw in lines:
-            key = call_key(raw)
-            if key is None:  # no valid event: any worker, no partition
-                partition = -1
-                worker = number % jobs
-            else:
-                partition = cache.get(key, -1)
-                if partition < 0:
-                    partition = (murmur2(key) & 0x7FFFFFFF) % partitions
-                    if len(cache) >= _ROUTE_CACHE:
-                        cache.clear()
-                    cache[key] = partition
-                worker = partition % jobs
-            numbers[worker].append(number)
-            raws[worker].append(raw)
-            routed[worker].append(partition)
-            in_round += 1
-            if in_round >= round_size:
-                count += in_round
-                self._send(numbers, raws, routed)
-                numbers, raws, routed = empty(), empty(), empty()
-                in_round = 0
+            numbers.append(number)
+            raws.append(raw)
+            if len(numbers) >= round_size:
+                count += len(numbers)
+                self._send(numbers, raws)
+                numbers, raws = [], []
                 in_flight += 1
                 if in_flight >= window:
                     self._merge_round()
                     in_flight -= 1
-        if in_round:
-            count += in_round
-            self._send(numbers, raws, routed)
+        if numbers:
+            count += len(numbers)
+            self._send(numbers, raws)
             in_flight += 1
         for _ in range(in_flight):
             self._merge_round()
         return count
 
-    def _send(
-        self, numbers: list[list[int]], raws: list[list[bytes]], routed: list[list[int]]
-    ) -> None:
-        for k, inbox in enumerate(self._inboxes):
-            inbox.put(marshal.dumps((numbers[k], raws[k], routed[k]), _MARSHAL_VERSION))
+    def _send(self, numbers: list[int], raws: list[bytes]) -> None:
+        """Route a round of lines: each line's call id (`call_key`), its partition (remembered;
+        the ids new in the round hashed together, `partitions_for`), the worker owning that
+        partition; a line without a call id goes to any worker, with no partition (-1)."""
+        jobs = self.jobs
+        keys = [call_key(raw) for raw in raws]
+        known = self._partition_of
+        new = {key for key in keys if key is not None and key not in known}
+        if new:
+            if len(known) + len(new) > _ROUTE_CACHE:
+                known.clear()
+                new = {key for key in keys if key is not None}
+            fresh = list(new)
+            known.update(zip(fresh, partitions_for(fresh, self.partitions), strict=True))
+        parts: list[list[list[Any]]] = [[[], [], []] for _ in range(jobs)]
+        for number, raw, key in zip(numbers, raws, keys, strict=True):
+            if key is None:
+                partition = -1
+                out = parts[number % jobs]
+            else:
+                partition = known[key]
+                out = parts[partition % jobs]
+            out[0].append(number)
+            out[1].append(raw)
+            out[2].append(partition)
+        for inbox, part in zip(self._inboxes, parts, strict=True):
+            inbox.put(marshal.dumps(part, _MARSHAL_VERSION))
 
     def _receive(self, k: int, kind: str) -> tuple[Any, ...]:
         outbox, proc = self._outboxes[k], self._procs[k]

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from pipeline.core.correlate import DeadLetter, Settings, partition_for
+from pipeline.core.correlate import DeadLetter, Settings, murmur2, partition_for
 from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
@@ -30,6 +32,7 @@ from pipeline.replay_parallel import (
     call_key,
     decode_cdrs,
     encode_cdrs,
+    partitions_for,
 )
 from pipeline.simulate import SimConfig, generate, write_jsonl
 from pipeline.store.writer import decode_row
@@ -276,3 +279,21 @@ def test_worker_failure_is_reported(events, refdata, monkeypatch):
     with pytest.raises(RuntimeError, match="engine bug"):
         replay_file(events, refdata, lambda batch: None, jobs=2, settings=SETTINGS)
     assert not multiprocessing.active_children()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.binary(max_size=64), max_size=60),
+    st.integers(1, 64),
+)
+def test_partitions_for_is_kafkas_partitioner(keys, partitions):
+    """The router's vectorized murmur2 equals `murmur2` (Kafka's) for any bytes and length."""
+    assert partitions_for(keys, partitions) == [
+        (murmur2(k) & 0x7FFFFFFF) % partitions for k in keys
+    ]
+
+
+def test_partitions_for_call_ids():
+    ids = [f"gw-lon1-s7-{i:09d}" for i in range(500)] + ["", "x", "caf\u00e9"]
+    keys = [i.encode() for i in ids]
+    assert partitions_for(keys, 8) == [partition_for(i, 8) for i in ids]
