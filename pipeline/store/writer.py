@@ -131,14 +131,12 @@ def _plain_decimal(scale: int) -> re.Pattern[str]:
     )
 
 
+#: Per scale: plain decimal text a column of that scale holds exactly (JSON records and rows).
+_PLAIN = {scale: _plain_decimal(scale) for scale in set(_DECIMAL_SCALE.values())}
 _JSON_DIRECTIONS: dict[str, _JsonDirection] = {
     direction: _JsonDirection(
         frozenset(columns),
-        tuple(
-            (name, _plain_decimal(_DECIMAL_SCALE[name]))
-            for name in columns
-            if name in _DECIMAL_SCALE
-        ),
+        tuple((name, _PLAIN[_DECIMAL_SCALE[name]]) for name in columns if name in _DECIMAL_SCALE),
     )
     for direction, columns in COLUMNS.items()
 }
@@ -190,7 +188,6 @@ _ROW_TIMES = {
     direction: tuple(i for i, name in enumerate(columns) if name in _TIME_COLUMNS)
     for direction, columns in COLUMNS.items()
 }
-_PLAIN = {scale: _plain_decimal(scale) for scale in set(_DECIMAL_SCALE.values())}
 
 
 def _row_money(name: str, value: Any, call_id: str) -> str:

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime, timedelta
 
 import orjson
@@ -150,12 +150,7 @@ async def _metadata(bootstrap: str) -> None:
         await client.close()
 
 
-async def wait_for_broker(
-    bootstrap: str,
-    wait_s: float | None = None,
-    *,
-    probe: Callable[[str], Awaitable[None]] = _metadata,
-) -> None:
+async def wait_for_broker(bootstrap: str, wait_s: float | None = None) -> None:
     """Return once the broker answers a metadata request; raise the last error after `wait_s`
     (`CDRPIPE_BROKER_WAIT_S`, 300 by default).
 
@@ -168,7 +163,7 @@ async def wait_for_broker(
     delay = 0.5
     while True:
         try:
-            await probe(bootstrap)
+            await _metadata(bootstrap)
             return
         except (KafkaError, OSError) as exc:
             if time.monotonic() + delay > deadline:
