@@ -16,10 +16,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/cdrpipe cdrpipe
 
 WORKDIR /app
+# A C compiler for the compiled hot path (setup.py); the build must succeed here, not fall back.
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml ./
+COPY setup.py ./
 COPY pipeline/ pipeline/
+COPY schemas/ schemas/
 COPY deploy/ deploy/
-RUN pip install -e .
+RUN CDRPIPE_REQUIRE_COMPILED=1 pip install -e . \
+    && CDRPIPE_REQUIRE_COMPILED=1 python setup.py -q build_ext --inplace
 
 # Defaults for a container; docker-compose.yml sets the rest (CDRPIPE_KAFKA, CDRPIPE_STORE, ...).
 ENV CDRPIPE_DATA=/var/lib/cdrpipe \

@@ -70,6 +70,10 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
             yield number, line
 
 
+def _nothing() -> None:
+    pass
+
+
 @contextmanager
 def fewer_gc_passes(gen0: int = 100_000) -> Iterator[Callable[[], None]]:
     """Millions of short-lived objects trigger a cyclic GC pass every 700 allocations by
@@ -86,14 +90,10 @@ def fewer_gc_passes(gen0: int = 100_000) -> Iterator[Callable[[], None]]:
     """
     old = gc.get_threshold()
     freezing = gc.get_freeze_count() == 0
-
-    def settle() -> None:
-        if freezing:
-            gc.freeze()
-
     gc.set_threshold(gen0, old[1], old[2])
     try:
-        yield settle
+        # Not a closure: compiled (setup.py), one would be a reference cycle of its own.
+        yield gc.freeze if freezing else _nothing
     finally:
         gc.set_threshold(*old)
         if freezing:

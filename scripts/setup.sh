@@ -20,4 +20,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   python -m pip install -q -e '.[dev]'
   touch "$stamp"
 fi
+# The compiled hot path (setup.py): every time, so that a changed module is compiled again
+# (unchanged ones are skipped); a module that does not compile runs as pure Python, unless
+# CDRPIPE_REQUIRE_COMPILED=1.
+python setup.py -q build_ext --inplace
 python -m pipeline.kafka.broker install

@@ -110,7 +110,9 @@ def command_of(service: dict[str, Any]) -> list[str]:
 
 
 def package_source() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "pipeline").rglob("*.py"))
+    """The package's code and its build script (setup.py reads variables of its own)."""
+    files = [*(ROOT / "pipeline").rglob("*.py"), ROOT / "setup.py"]
+    return "\n".join(p.read_text(encoding="utf-8") for p in files)
 
 
 # --------------------------------------------------------------------------- structure
@@ -239,8 +241,9 @@ def test_cdrpipe_entry_point_and_image() -> None:
     # The code reads schema.sql, the sample config and the Kafka template relative to the
     # source tree: the image must carry deploy/ and install the project in editable mode.
     copied = re.findall(r"^COPY\s+(\S+)\s+\S+", docker, re.M)
-    assert "pipeline/" in copied and "deploy/" in copied and "pyproject.toml" in copied
-    assert re.search(r"^RUN pip install -e \.", docker, re.M)
+    assert {"pipeline/", "schemas/", "deploy/", "pyproject.toml", "setup.py"} <= set(copied)
+    # ... and compile the hot path (setup.py) or fail, not fall back to pure Python unnoticed
+    assert re.search(r"^RUN CDRPIPE_REQUIRE_COMPILED=1 pip install -e \.", docker, re.M)
     schema = store_client.SCHEMA_PATH.relative_to(ROOT)
     assert schema.parts[0] == "deploy" and store_client.SCHEMA_PATH.is_file()
     assert (ROOT / "deploy" / "clickhouse" / "cluster.sql").is_file()
