@@ -82,10 +82,23 @@ _POLL_S = 1.0
 def call_key(raw: bytes) -> bytes | None:
     """The UTF-8 bytes of the message's top-level string ``id``, read as `parse_event` reads
     it (orjson; of duplicate keys the last), so ``murmur2(key)`` is the hash `partition_for`
-    takes; None where the message cannot be a valid event (it then touches no call state
-    and may go to any worker). orjson is cheaper here than a regex that would be safe."""
+    takes. For a message that cannot be a valid event, None or some key: it touches no call
+    state, so any worker will do.
+
+    Most lines are read without parsing them: in JSON without a backslash, every ``"id"`` is a
+    string equal to id (a string cannot hold a bare quote, and a closing quote is never
+    followed by a letter), so if there is exactly one and it is followed by ``:"``, it is the
+    only key id, and its value runs to the next quote. If that key is nested, the message has
+    no top-level id and is invalid. Anything else (escapes, spaces, several ids) goes through
+    orjson. ~0.15 us a line instead of ~0.6 (tests/unit/test_replay_parallel.py compares the
+    two on generated objects)."""
     if len(raw) > MAX_MESSAGE_BYTES:
         return None  # refused before it is parsed
+    at = raw.find(b'"id":"')
+    if at >= 0 and b"\\" not in raw and raw.count(b'"id"') == 1:
+        end = raw.find(b'"', at + 6)
+        if end >= 0:
+            return raw[at + 6 : end]
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

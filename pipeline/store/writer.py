@@ -23,6 +23,7 @@ import orjson
 from clickhouse_connect.driver import options
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.httpclient import HttpClient
 from clickhouse_connect.driver.insert import InsertContext
 
 from pipeline.core.model import CDR, Direction
@@ -54,6 +55,15 @@ JSON_INSERT_SETTINGS: dict[str, Any] = {
     **INSERT_SETTINGS,
     "date_time_input_format": "best_effort",
     "input_format_skip_unknown_fields": 1,
+}
+#: An embedded engine (chDB) inserts on this process's CPU: one thread parses and writes a
+#: batch, without the thread pools a server's parallel parsing sets up per insert (~0.7 us of
+#: CPU less per row, docs/BENCHMARKS.md). A server keeps its own defaults.
+EMBEDDED_JSON_INSERT_SETTINGS: dict[str, Any] = {
+    **JSON_INSERT_SETTINGS,
+    "input_format_parallel_parsing": 0,
+    "max_threads": 1,
+    "max_insert_threads": 1,
 }
 
 
@@ -190,14 +200,31 @@ _ROW_TIMES = {
 }
 
 
+#: Per money column: the row text of each Decimal text seen (itself, if plain and exact).
+#: Charges and rates recur (a deck has few rows, `rating` remembers charges), so most are found
+#: here: ~0.1 us instead of ~0.5 for the pattern. Keyed by text, not value, so a row stays a
+#: function of its CDR alone (Decimal("0E-6") and Decimal("0") are equal, not written alike).
+_MONEY_TEXT: dict[str, dict[str, str]] = {name: {} for name in _DECIMAL_SCALE}
+_MONEY_TEXT_SIZE = 1 << 16
+
+
 def _row_money(name: str, value: Any, call_id: str) -> str:
-    if type(value) is Decimal:
-        text = str(value)
-        if _PLAIN[_DECIMAL_SCALE[name]].fullmatch(text):
-            return text
-    if not _exact(name, value):
+    if type(value) is not Decimal:
         raise _inexact(name, value, call_id)
-    return format(value, "f")
+    text = str(value)
+    known = _MONEY_TEXT[name]
+    row = known.get(text)
+    if row is None:
+        if _PLAIN[_DECIMAL_SCALE[name]].fullmatch(text):
+            row = text
+        elif _exact(name, value):
+            row = format(value, "f")
+        else:
+            raise _inexact(name, value, call_id)
+        if len(known) >= _MONEY_TEXT_SIZE:
+            known.clear()
+        known[text] = row
+    return row
 
 
 def encode_row(cdr: CDR) -> bytes:
@@ -238,6 +265,8 @@ class CdrWriter:
             raise ValueError("batch_size must be at least 1")
         self._client = client
         self._batch_size = batch_size
+        embedded = not isinstance(client, HttpClient)
+        self._json_settings = EMBEDDED_JSON_INSERT_SETTINGS if embedded else JSON_INSERT_SETTINGS
         # The driver imports pandas (if installed) at the first insert to check the data's type:
         # ~0.5 s of CPU a streaming sink would otherwise spend on its first live batch.
         _ = options.pd
@@ -300,7 +329,7 @@ class CdrWriter:
                 TABLES[direction],
                 list(COLUMNS[direction]),
                 data,
-                settings=JSON_INSERT_SETTINGS,
+                settings=self._json_settings,
                 fmt=fmt,
             )
         except ClickHouseError as ex:

@@ -208,6 +208,9 @@ def test_small_rounds_and_window(events, refdata):
         b'{"x":{"id":"nested"},"id":"top"}',
         b'{"id":"caf\xc3\xa9"}',
         b'{"id":"\\u00e9t\\u00e9"}',
+        b'{"id":"a","x":"id"}',
+        b'{"x":{"id":"nested"},"\\u0069d":"escaped"}',
+        b'{"event":"end","id":"","ts":"x"}',
     ],
 )
 def test_call_key_is_the_id_parse_event_reads(raw):
@@ -217,21 +220,63 @@ def test_call_key_is_the_id_parse_event_reads(raw):
 
 
 @pytest.mark.parametrize(
-    "raw",
+    ("raw", "key"),
     [
-        b"not json",
-        b'{"id": 5}',
-        b'["id", "x"]',
-        b'{"x":{"id":"nested"}}',
-        b'{"id":"\\ud800"}',  # lone surrogate
-        b'{"id":"x"' + b" " * 70_000 + b"}",  # too large
-        b'{"id":"\xff"}',  # not UTF-8
+        (b"not json", None),
+        (b'{"id": 5}', None),
+        (b'["id", "x"]', None),
+        (b'{"id":"\\ud800"}', None),  # lone surrogate
+        (b'{"id":"x"' + b" " * 70_000 + b"}", None),  # too large
+        # keyed without parsing (call_key's fast path), invalid all the same
+        (b'{"x":{"id":"nested"}}', b"nested"),
+        (b'{"id":"\xff"}', b"\xff"),  # not UTF-8
+        (b'{"id":"open', None),
     ],
 )
-def test_call_key_is_none_only_for_invalid_messages(raw):
-    assert call_key(raw) is None
+def test_call_key_of_an_invalid_message(raw, key):
+    """None or a key: either way the message is invalid, touches no call state, and any
+    worker will do."""
+    assert call_key(raw) == key
     with pytest.raises(InvalidEvent):
         parse_event(raw)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["id", "x", "i", 'd"', "gr\\id"]), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    fields=st.lists(
+        st.tuples(
+            st.sampled_from(["id", "id", "event", "x", '"id"', "ts"]),
+            st.sampled_from(["id", "gw-1", 'a"b', "a\\b", "caf\u00e9", ""]) | _JSON,
+        ),
+        max_size=5,
+    ),
+    spaced=st.booleans(),
+)
+def test_call_key_equals_orjson_on_any_object(fields, spaced):
+    """Objects written out key by key (duplicate keys, nested ids, ids as values, escapes,
+    spaces): wherever orjson reads a top-level string id, `call_key` gives its bytes."""
+    colon, comma = (" : ", " , ") if spaced else (":", ",")
+    raw = (
+        b"{"
+        + comma.encode().join(orjson.dumps(k) + colon.encode() + orjson.dumps(v) for k, v in fields)
+        + b"}"
+    )
+    data = orjson.loads(raw)
+    if type(data.get("id")) is str:
+        assert call_key(raw) == data["id"].encode()
+    else:  # no top-level string id: the message is invalid, any key will do
+        with pytest.raises(InvalidEvent):
+            parse_event(raw)
 
 
 def test_cdr_transfer_round_trip(events, refdata):
