@@ -3,12 +3,14 @@ drifts, so only figures of one run compare).
 
     python bench/replay_ab.py --base 733e274 --events 1000000 --jobs 2 --rounds 2
 
-Checks the `--base` revision out into a temporary git worktree, generates one events file (the
-mix of bench/replay_bench.py), then per round replays it into a fresh embedded store with the
-base code and with the working tree's code, each in a fresh process (`replay_file(events,
-refdata, sink, jobs=N)`, the sink being the store's `CdrWriter`, or its `write` for code that
-predates `RowSink`). Prints events/s, CPU per event (the process and its replay workers) and the
-rows stored.
+Checks the `--base` revision out into a temporary git worktree and compiles it as
+scripts/setup.sh does, if it has the compiled build (setup.py); the working tree runs as it is
+built (build it first: its stale modules would run from source). `--pure` runs both sides from
+source. Generates one events file (the mix of bench/replay_bench.py), then per round replays it
+into a fresh embedded store with the base code and with the working tree's code, each in a
+fresh process (`replay_file(events, refdata, sink, jobs=N)`, the sink being the store's
+`CdrWriter`, or its `write` for code that predates `RowSink`). Prints events/s, CPU per event
+(the process and its replay workers), the rows stored and how many modules ran compiled.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ rows = client.query(
 ).result_rows[0][0]
 client.close()
 n = summary.lines
+compiled = [m for m, f in sys.modules.items() if m.startswith("pipeline.")
+            and str(getattr(f, "__file__", "")).endswith(".so")]
 print(
     f"{n / summary.seconds:,.0f} | {1e6 * own / n:.2f} + {1e6 * kids / n:.2f}"
-    f" = {1e6 * (own + kids) / n:.2f} µs | {rows:,}"
+    f" = {1e6 * (own + kids) / n:.2f} µs | {rows:,} | {len(compiled)}"
 )
 """
 
@@ -60,6 +64,9 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument(
+        "--pure", action="store_true", help="both sides from source (CDRPIPE_PURE_PYTHON=1)"
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-ab-"))
     base = tmp / "base"
@@ -68,6 +75,13 @@ def main() -> None:
         check=True,
     )
     try:
+        if (base / "setup.py").is_file() and not args.pure:  # its compiled build, as deployed
+            subprocess.run(
+                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                cwd=base,
+                check=True,
+                capture_output=True,
+            )
         from replay_bench import bench_events  # bench/ is on sys.path when run as a script
 
         from pipeline.simulate import generate, write_jsonl
@@ -76,12 +90,17 @@ def main() -> None:
         cfg = bench_events(args.events)
         lines = write_jsonl(generate(cfg).messages, events)
         print(f"{lines:,} events, --jobs {args.jobs}, base {args.base} vs the working tree\n")
-        print("| round | code | end to end (events/s) | CPU per event: parent + workers | rows |")
-        print("|---|---|---|---|---|")
+        print(
+            "| round | code | end to end (events/s) | CPU per event: parent + workers | rows"
+            " | modules compiled |"
+        )
+        print("|---|---|---|---|---|---|")
         config = ROOT / "deploy" / "config"
         for n in range(1, args.rounds + 1):
             for name, code in (("base", base), ("new", ROOT)):
                 env = {**os.environ, "PYTHONPATH": str(code)}
+                if args.pure:
+                    env["CDRPIPE_PURE_PYTHON"] = "1"
                 argv = [sys.executable, "-c", DRIVER, str(events), str(config), str(args.jobs)]
                 argv.append(str(code))
                 out = subprocess.run(  # not from the repo: "" on sys.path would be its code

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pipeline.replay_parallel  # noqa: F401 - the whole replay path, for `_accel.compiled`
+from pipeline import _accel
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import replay_file, resolve_jobs
@@ -159,6 +161,8 @@ def main() -> None:
     print(f"generated {lines} events ({calls} calls) in {time.perf_counter() - t:.1f}s -> {path}")
 
     refdata = RefDataHolder(CONFIG)
+    compiled = _accel.compiled()
+    print(f"modules running compiled: {len(compiled)} ({', '.join(compiled) or 'none'})")
     rows = []
     peak = [0.0, 0.0]
     for jobs in args.jobs:

@@ -44,6 +44,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -341,6 +342,8 @@ class ParallelReplay(Collector):
         self.jobs = resolve_jobs(jobs, partitions)
         self.chunk_lines = max(1, chunk_lines)
         self.window = max(1, window)
+        self._store_thread: ThreadPoolExecutor | None = None
+        self._storing: Future[int] | None = None
 
     def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
         with fewer_gc_passes() as settle:
@@ -388,9 +391,13 @@ class ParallelReplay(Collector):
                 counters.update(worker_counters)
                 still_open += worker_open
             self.flush()
+            self._stored()
             clean = True
         finally:
             self._stop(clean)
+            if self._store_thread is not None:
+                self._store_thread.shutdown(wait=True, cancel_futures=True)
+                self._store_thread = None
         self._summarise(counters, still_open, time.perf_counter() - started)
         return self.summary
 
@@ -517,7 +524,24 @@ class ParallelReplay(Collector):
             final[entry.id] = (entry.rated, entry.timed_out)
         for direction, rows in tables.items():
             if rows:
-                self.rows.write_rows(direction, rows)
+                self._store(direction, rows)
+
+    def _store(self, direction: str, rows: list[bytes]) -> None:
+        """`RowSink.write_rows` on the store thread, one insert at a time and in order: an
+        embedded engine inserts on this process's CPU, and while it does the parent goes on
+        reading, routing and merging, so the workers are not left without lines. An insert's
+        error is raised here, at the next insert, or at the end of the run."""
+        assert self.rows is not None
+        self._stored()
+        if self._store_thread is None:
+            self._store_thread = ThreadPoolExecutor(1, thread_name_prefix="cdrpipe-replay-store")
+        self._storing = self._store_thread.submit(self.rows.write_rows, direction, rows)
+
+    def _stored(self) -> None:
+        """Wait for the insert in flight, if any; raises its error."""
+        storing, self._storing = self._storing, None
+        if storing is not None:
+            storing.result()
 
     def _stop(self, clean: bool) -> None:
         procs = self._procs
