@@ -311,6 +311,37 @@ def test_sink_failure_stops_the_workers(events, refdata):
     assert not multiprocessing.active_children()
 
 
+class FailingRows:
+    """A `RowSink` whose `fail_at`-th insert of rows fails (0: the first; -1: the last)."""
+
+    def __init__(self, fail_at: int, inserts: int = 0) -> None:
+        self.fail_at, self.inserts, self.calls = fail_at, inserts, 0
+
+    def write(self, batch):
+        raise AssertionError("a RowSink gets rows")
+
+    def write_rows(self, direction, rows):
+        self.calls += 1
+        if self.calls - 1 == self.fail_at or self.calls == self.inserts:
+            raise Boom(f"insert {self.calls} failed")
+        return len(rows)
+
+
+@pytest.mark.parametrize("at", ["first", "last"])
+def test_a_failed_insert_of_rows_stops_the_replay(events, refdata, at):
+    """The inserts run on the store thread: a failure still ends the replay with that error,
+    whether a later insert or the end of the run finds it."""
+    counting = FailingRows(fail_at=-2)
+    replay_file(events, refdata, counting, jobs=2, settings=SETTINGS, flush_every=500)
+    assert counting.calls > 2
+    sink = FailingRows(0) if at == "first" else FailingRows(-2, inserts=counting.calls)
+    failing = 1 if at == "first" else counting.calls
+    with pytest.raises(Boom, match=f"insert {failing} failed"):
+        replay_file(events, refdata, sink, jobs=2, settings=SETTINGS, flush_every=500)
+    assert sink.calls == failing  # nothing inserted after a failure
+    assert not multiprocessing.active_children()
+
+
 def test_worker_failure_is_reported(events, refdata, monkeypatch):
     import pipeline.replay_parallel as parallel
 
