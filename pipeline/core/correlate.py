@@ -330,6 +330,11 @@ class Correlator:
                 due = first + settings.orphan_wait
             else:  # CallState.deadline: start + max_call_duration ("timeout")
                 due = start.event.ts + settings.max_call_duration
+                if state is not None and state.start is start and state.end is None:
+                    # The stored state had this very deadline (same start, not complete: a
+                    # timed-out state with no end stays complete), so its heap entry serves.
+                    self.states[call_id] = new
+                    return actions
         self.states[call_id] = new
         heapq.heappush(part.deadlines, (due, call_id))
         return actions

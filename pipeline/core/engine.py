@@ -30,7 +30,8 @@ from pipeline.core.refdata import RefDataHolder
 
 @dataclass(slots=True)
 class Outcome:
-    """What one step produced, for the caller to store or dead-letter."""
+    """What one step produced, for the caller to store or dead-letter. Read-only to callers:
+    the steps that produce nothing (most events) all return the one empty `NOTHING`."""
 
     cdrs: list[CDR] = field(default_factory=list)
     dead: list[DeadLetter] = field(default_factory=list)
@@ -38,6 +39,7 @@ class Outcome:
 
 _ROUTES = 1 << 18  # call ids whose partition an Engine remembers before it starts afresh
 _outcome = slot_constructor(Outcome)  # _outcome(cdrs, dead): Outcome(cdrs, dead), cheaper
+NOTHING = Outcome()  # shared: tests/conftest.py checks after every test that it stays empty
 _source = slot_constructor(Source)
 
 
@@ -97,7 +99,7 @@ class Engine:
             source = _source(source.topic, partition, source.offset)
         actions = self.correlator.process(make_held(event, raw, source), partition)
         if not actions:
-            return _outcome([], [])
+            return NOTHING
         return self._carry(actions)
 
     def feed_line(
@@ -120,7 +122,7 @@ class Engine:
         held = make_held(event, raw, _source(topic, partition, offset))
         actions = self.correlator.process(held, partition)
         if not actions:
-            return _outcome([], [])
+            return NOTHING
         return self._carry(actions)
 
     def advance(

@@ -194,6 +194,24 @@ def test_partitions_keep_their_own_event_time():
     assert final(actions).id == "p0"
 
 
+def test_a_connect_keeps_the_deadline_entry_of_its_start():
+    """A connect does not move an open call's deadline (start + max call duration), so it
+    queues no second entry for it; the call still times out, with its connect."""
+    correlator, _ = run([held("start", at=0), held("connect", at=5), held("connect", at=3)])
+    deadlines = correlator._partitions[0].deadlines
+    assert deadlines == [(T0 + SETTINGS.max_call_duration, "c1")]
+    closed = final(correlator.advance(0, T0 + SETTINGS.max_call_duration))
+    assert closed.timed_out_at == T0 + SETTINGS.max_call_duration
+    assert closed.connect is not None and closed.connect.event.ts == T0 + timedelta(seconds=3)
+    # a start (first, or an earlier one) moves the deadline: queued anew each time
+    correlator, _ = run([held("connect", at=5), held("start", at=4), held("start", at=2)])
+    assert sorted(due for due, _ in correlator._partitions[0].deadlines) == [
+        T0 + timedelta(seconds=5) + SETTINGS.orphan_wait,
+        T0 + timedelta(seconds=2) + SETTINGS.max_call_duration,
+        T0 + timedelta(seconds=4) + SETTINGS.max_call_duration,
+    ]
+
+
 def test_rebuild_restores_deadlines_from_states():
     correlator, _ = run([held("start", at=0)])
     recovered = Correlator(dict(correlator.states), SETTINGS)
