@@ -22,8 +22,8 @@ import sys
 import tomllib
 from pathlib import Path
 
-from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
+from setuptools import Extension, setup  # type: ignore[import-untyped]
+from setuptools.command.build_ext import build_ext  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent
 MANIFEST = Path("pipeline") / "_compiled.json"
@@ -48,7 +48,7 @@ class OptionalBuildExt(build_ext):
 
     def finalize_options(self) -> None:
         super().finalize_options()
-        if not self.parallel:
+        if not getattr(self, "parallel", None):  # unset: one compiler process per CPU
             self.parallel = os.cpu_count() or 1
 
     def run(self) -> None:

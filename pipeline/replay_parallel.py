@@ -343,7 +343,7 @@ class ParallelReplay(Collector):
         self.chunk_lines = max(1, chunk_lines)
         self.window = max(1, window)
         self._store_thread: ThreadPoolExecutor | None = None
-        self._storing: Future[int] | None = None
+        self._storing: Future[object] | None = None
 
     def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
         with fewer_gc_passes() as settle:
