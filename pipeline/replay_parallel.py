@@ -21,7 +21,7 @@ they never touch the parent's store client or threads and leave with ``os._exit`
 
 Data flow, bounded by `window` rounds in flight:
 
-    parent: read lines, find the call id (orjson) and its partition, send the line to
+    parent: read lines, find the call id (`call_key`) and its partition, send the line to
             the worker of that partition; up to `window` rounds of ~`chunk_lines` lines per
             worker in flight
             --marshal-->  worker k: Engine.feed_line each line, with its partition
@@ -29,7 +29,7 @@ Data flow, bounded by `window` rounds in flight:
               JSONCompactEachRow bytes), else as rows of plain values (times as microsecond
               ticks, money as decimal strings; pickle for anything unusual)  --marshal-->
     parent: merged in line order -> Collector -> `RowSink.write_rows` the bytes as they
-            came, or the sink CDR objects
+            came (on the store thread, one insert at a time), or the sink CDR objects
 """
 
 from __future__ import annotations
