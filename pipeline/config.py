@@ -38,11 +38,14 @@ def partitions() -> int:
 
 
 def deadlines() -> Settings:
-    """Event-time deadlines in seconds from `CDRPIPE_MAX_CALL_S`, `_ORPHAN_WAIT_S`, `_MEMORY_S`."""
+    """Event-time deadlines in seconds from `CDRPIPE_MAX_CALL_S`, `_ORPHAN_WAIT_S`, `_MEMORY_S`,
+    and `CDRPIPE_BILL_TIMED_OUT=1` to bill a call closed as timed out up to its deadline
+    (default: stored unrated, flagged for review)."""
     return Settings(
         max_call_duration=timedelta(seconds=float(env("CDRPIPE_MAX_CALL_S", "14400"))),
         orphan_wait=timedelta(seconds=float(env("CDRPIPE_ORPHAN_WAIT_S", "3600"))),
         memory=timedelta(seconds=float(env("CDRPIPE_MEMORY_S", "86400"))),
+        bill_timed_out=env("CDRPIPE_BILL_TIMED_OUT", "0").strip().lower() in ("1", "true", "yes"),
     )
 
 

@@ -38,6 +38,7 @@ class ReplaySummary:
     cdrs: int = 0
     unrated: int = 0
     timed_out: int = 0
+    account_mismatch: int = 0
     dead_lettered: int = 0
     dlq_by_kind: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
@@ -54,6 +55,7 @@ class ReplaySummary:
             f"CDRs written      {self.cdrs}",
             f"  unrated         {self.unrated}",
             f"  timed out       {self.timed_out}",
+            f"  account mismatch {self.account_mismatch}",
             f"dead-lettered     {self.dead_lettered} ({kinds})",
             f"duplicates        {self.duplicates}",
             f"still open        {self.still_open}",
@@ -144,7 +146,8 @@ class Collector:
         self.dead_letter = dead_letter
         self.flush_every = flush_every
         self._pending: dict[str, Any] = {}  # call id -> its newest CDR (or row, see `_write`)
-        self._final: dict[str, tuple[bool, bool]] = {}  # call id -> (rated, timed_out)
+        # call id -> (rated, timed_out, account_mismatch) of its newest CDR
+        self._final: dict[str, tuple[bool, bool, bool]] = {}
         self.summary = ReplaySummary()
 
     def flush(self) -> None:
@@ -159,7 +162,7 @@ class Collector:
         self.sink(batch)
         final = self._final
         for cdr in batch:
-            final[cdr.id] = (cdr.rated, cdr.timed_out)
+            final[cdr.id] = (cdr.rated, cdr.timed_out, "account_mismatch" in cdr.flags)
 
     def _summarise(self, counters: Mapping[str, int], still_open: int, seconds: float) -> None:
         s = self.summary
@@ -168,8 +171,9 @@ class Collector:
         s.dlq_by_kind = {k[4:]: v for k, v in counters.items() if k.startswith("dlq_") and v}
         s.dead_lettered = sum(s.dlq_by_kind.values())
         s.cdrs = len(self._final)
-        s.unrated = sum(1 for rated, _ in self._final.values() if not rated)
-        s.timed_out = sum(1 for _, timed_out in self._final.values() if timed_out)
+        s.unrated = sum(1 for rated, _, _ in self._final.values() if not rated)
+        s.timed_out = sum(1 for _, timed_out, _ in self._final.values() if timed_out)
+        s.account_mismatch = sum(1 for _, _, mismatch in self._final.values() if mismatch)
         s.still_open = still_open
         s.seconds = seconds
 

@@ -236,6 +236,7 @@ class RowEntry(NamedTuple):
     direction: str
     rated: bool
     timed_out: bool
+    account_mismatch: bool
     row: bytes
 
 
@@ -244,7 +245,13 @@ def _encode_rows(cdrs: list[CDR]) -> bytes:
     return marshal.dumps(
         (
             [c.id for c in cdrs],
-            [(c.direction == "inbound") | c.rated << 1 | c.timed_out << 2 for c in cdrs],
+            [
+                (c.direction == "inbound")
+                | c.rated << 1
+                | c.timed_out << 2
+                | ("account_mismatch" in c.flags) << 3
+                for c in cdrs
+            ],
             [encode_row(c) for c in cdrs],
         ),
         _MARSHAL_VERSION,
@@ -254,7 +261,7 @@ def _encode_rows(cdrs: list[CDR]) -> bytes:
 def _decode_rows(payload: bytes) -> list[RowEntry]:
     ids, flags, rows = marshal.loads(payload)
     return [
-        RowEntry(i, _DIRECTIONS[f & 1], bool(f & 2), bool(f & 4), r)
+        RowEntry(i, _DIRECTIONS[f & 1], bool(f & 2), bool(f & 4), bool(f & 8), r)
         for i, f, r in zip(ids, flags, rows, strict=True)
     ]
 
@@ -521,7 +528,7 @@ class ParallelReplay(Collector):
         final = self._final
         for entry in batch:
             tables[entry.direction].append(entry.row)
-            final[entry.id] = (entry.rated, entry.timed_out)
+            final[entry.id] = (entry.rated, entry.timed_out, entry.account_mismatch)
         for direction, rows in tables.items():
             if rows:
                 self._store(direction, rows)

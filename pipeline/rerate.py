@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
 
 from clickhouse_connect.driver.client import Client
 
 from pipeline import config
-from pipeline.core.cdr import build_cdr
+from pipeline.core.cdr import build_cdr, call_duration
 from pipeline.core.model import CDR, Direction, Event
 from pipeline.core.refdata import RefData, RefDataHolder
 from pipeline.store.queries import DIRECTIONS, CdrFilter, select_cdrs
@@ -59,6 +59,9 @@ def events_of(cdr: CDR) -> tuple[Event, Event | None, Event | None, datetime | N
     """The (start, connect, end, timed_out_at) that `build_cdr` turns into `cdr` again.
 
     A call closed as timed out had no end event: it gets ``timed_out_at`` = its end time.
+    The stored times stop at microseconds; where the stored duration shows that the real
+    difference was a little longer (sub-microsecond digits), the rebuilt end is that little
+    later, so the duration comes out the same.
     """
     start = Event(
         kind="start",
@@ -73,14 +76,18 @@ def events_of(cdr: CDR) -> tuple[Event, Event | None, Event | None, datetime | N
         trunk=cdr.trunk or None,
     )
     connect = None
+    later = ""  # sub-microsecond digits for the end, see above
     if cdr.connect_time is not None:
         connect = Event(kind="connect", id=cdr.id, ts=cdr.connect_time)
+        if call_duration(cdr.connect_time, cdr.end_time) < cdr.duration:
+            later = "1"
     if cdr.timed_out:
-        return start, connect, None, cdr.end_time
+        return replace(start, ts_sub_us=later), connect, None, cdr.end_time
     end = Event(
         kind="end",
         id=cdr.id,
         ts=cdr.end_time,
+        ts_sub_us=later,
         disconnect_code=cdr.disconnect_code,
         disconnect_reason=cdr.disconnect_reason,
         disconnect_initiator=cdr.disconnect_initiator,
@@ -88,12 +95,25 @@ def events_of(cdr: CDR) -> tuple[Event, Event | None, Event | None, datetime | N
     return start, connect, end, None
 
 
-def rerated(cdr: CDR, refdata: RefData) -> CDR | None:
-    """`cdr` recomputed with `refdata` as revision + 1, or None if nothing would change."""
+def rerated(cdr: CDR, refdata: RefData, *, bill_timed_out: bool = False) -> CDR | None:
+    """`cdr` recomputed with `refdata` as revision + 1, or None if nothing would change.
+
+    Re-rating changes money, never attribution: the account stays the stored one (it is part
+    of the stored row's key, and the event's own account is no longer known), and so does an
+    ``account_mismatch`` flag found when the call was first rated."""
     start, connect, end, timed_out_at = events_of(cdr)
     new = build_cdr(
-        start, connect, end, refdata, timed_out_at=timed_out_at, revision=cdr.revision + 1
+        start,
+        connect,
+        end,
+        refdata,
+        timed_out_at=timed_out_at,
+        revision=cdr.revision + 1,
+        bill_timed_out=bill_timed_out,
     )
+    new.account = cdr.account
+    mismatch = {"account_mismatch"} & set(cdr.flags)
+    new.flags = tuple(sorted((set(new.flags) - {"account_mismatch"}) | mismatch))
     if all(getattr(new, name) == getattr(cdr, name) for name in _COMPARED):
         return None
     return new
@@ -226,6 +246,7 @@ def rerate(
     *,
     dry_run: bool = False,
     page_size: int = PAGE_SIZE,
+    bill_timed_out: bool = False,
 ) -> RerateSummary:
     """Re-rate the stored CDRs (both directions) that started in [time_from, time_to).
 
@@ -251,7 +272,7 @@ def rerate(
                 break
             changed: list[CDR] = []
             for old in page:
-                new = rerated(old, data)
+                new = rerated(old, data, bill_timed_out=bill_timed_out)
                 summary.account(old.direction, old.account).add(old, new)
                 if new is not None:
                     changed.append(new)
@@ -334,6 +355,7 @@ def cmd_rerate(args: argparse.Namespace) -> int:
             window.time_to,
             args.account or None,
             dry_run=args.dry_run,
+            bill_timed_out=config.deadlines().bill_timed_out,
         )
     except StoreError as exc:
         print(f"cdrpipe rerate: {exc}", file=sys.stderr)

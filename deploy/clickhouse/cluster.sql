@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS cdr.cdr_outbound_local ON CLUSTER cdrpipe
     trunk                LowCardinality(String),
     rated                Bool,
     timed_out            Bool,
+    flags                Array(LowCardinality(String)),
     revision             UInt32,
     ingested_at          DateTime64(3, 'UTC') DEFAULT now64(3)
 )
@@ -81,6 +82,7 @@ CREATE TABLE IF NOT EXISTS cdr.cdr_inbound_local ON CLUSTER cdrpipe
     trunk                LowCardinality(String),
     rated                Bool,
     timed_out            Bool,
+    flags                Array(LowCardinality(String)),
     revision             UInt32,
     ingested_at          DateTime64(3, 'UTC') DEFAULT now64(3)
 )
@@ -93,3 +95,9 @@ SETTINGS ttl_only_drop_parts = 1;
 CREATE TABLE IF NOT EXISTS cdr.cdr_inbound ON CLUSTER cdrpipe
 AS cdr.cdr_inbound_local
 ENGINE = Distributed(cdrpipe, cdr, cdr_inbound_local, cityHash64(id));
+
+ALTER TABLE cdr.cdr_outbound_local ON CLUSTER cdrpipe ADD COLUMN IF NOT EXISTS flags Array(LowCardinality(String)) AFTER timed_out;
+ALTER TABLE cdr.cdr_outbound ON CLUSTER cdrpipe ADD COLUMN IF NOT EXISTS flags Array(LowCardinality(String)) AFTER timed_out;
+
+ALTER TABLE cdr.cdr_inbound_local ON CLUSTER cdrpipe ADD COLUMN IF NOT EXISTS flags Array(LowCardinality(String)) AFTER timed_out;
+ALTER TABLE cdr.cdr_inbound ON CLUSTER cdrpipe ADD COLUMN IF NOT EXISTS flags Array(LowCardinality(String)) AFTER timed_out;

@@ -2,7 +2,7 @@
 --
 -- This file is the one source of truth: pipeline/store/client.py applies it on every connect.
 -- Rules that keep it applicable by code:
---   * every statement is idempotent (CREATE ... IF NOT EXISTS) and ends with ';'
+--   * every statement is idempotent (CREATE ... IF NOT EXISTS, ADD COLUMN IF NOT EXISTS) and ends with ';'
 --   * comments sit on their own lines and start with '--'
 --   * table names are unqualified: they land in the database named by the store DSN
 --     (chdb:///dir?database=x, http://host:8123/x), "default" when it names none.
@@ -24,6 +24,10 @@
 -- gateway timestamps exactly as the pipeline computed with them. Money is Decimal(18, 6)
 -- (charges are rounded to 6 places); the per-minute rate gets Decimal(18, 9) so that a deck
 -- rate with more than 6 decimals is stored exactly (the writer refuses anything finer).
+--
+-- flags: why a CDR needs a second look (account_mismatch, unknown_trunk, unknown_did,
+-- no_rate); empty for most calls. Tables created before the column existed get it from the
+-- ALTER statements at the end (idempotent too).
 --
 -- Rows live two months after the call start (SPEC section 4); ttl_only_drop_parts drops whole
 -- expired parts instead of rewriting them, which suits daily partitions.
@@ -53,6 +57,7 @@ CREATE TABLE IF NOT EXISTS cdr_outbound
     trunk                LowCardinality(String),
     rated                Bool,
     timed_out            Bool,
+    flags                Array(LowCardinality(String)),
     revision             UInt32,
     ingested_at          DateTime64(3, 'UTC') DEFAULT now64(3)
 )
@@ -87,6 +92,7 @@ CREATE TABLE IF NOT EXISTS cdr_inbound
     trunk                LowCardinality(String),
     rated                Bool,
     timed_out            Bool,
+    flags                Array(LowCardinality(String)),
     revision             UInt32,
     ingested_at          DateTime64(3, 'UTC') DEFAULT now64(3)
 )
@@ -95,3 +101,7 @@ PARTITION BY toYYYYMMDD(start_time)
 ORDER BY (account, start_time, id)
 TTL toDateTime(start_time) + INTERVAL 2 MONTH DELETE
 SETTINGS ttl_only_drop_parts = 1;
+
+ALTER TABLE cdr_outbound ADD COLUMN IF NOT EXISTS flags Array(LowCardinality(String)) AFTER timed_out;
+
+ALTER TABLE cdr_inbound ADD COLUMN IF NOT EXISTS flags Array(LowCardinality(String)) AFTER timed_out;

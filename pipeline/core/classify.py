@@ -6,12 +6,17 @@ from pipeline.core.model import CdrType, Initiator, Status
 
 __all__ = ["EEA", "cdr_type", "call_status"]
 
-# EU-27 plus Iceland, Liechtenstein and Norway (ISO 3166 alpha-2). GB left the EEA in 2020.
+# EU-27 plus Iceland, Liechtenstein and Norway (ISO 3166 alpha-2), plus the parts of the EU
+# that have region codes of their own in numbering plans: the outermost regions Réunion,
+# Guadeloupe, Martinique, French Guiana, Mayotte and Saint-Martin, and the Åland Islands (EU
+# territory; Canarias, Madeira and the Azores number as ES and PT). Outside: Svalbard (SJ),
+# Gibraltar, Greenland, the Faroes and the Channel Islands; GB left the EEA in 2020.
 EEA: frozenset[str] = frozenset(
     {
         "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE",
         "IT", "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
         "IS", "LI", "NO",
+        "RE", "GP", "MQ", "GF", "YT", "MF", "AX",
     }
 )  # fmt: skip
 

@@ -47,11 +47,13 @@ DEFAULT_MEMORY = timedelta(hours=24)
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Event-time deadlines (SPEC section 3), all configurable."""
+    """Event-time deadlines (SPEC section 3), all configurable, and whether a call closed at
+    the maximum call duration is billed up to it (default: stored unrated, for review)."""
 
     max_call_duration: timedelta = DEFAULT_MAX_CALL_DURATION
     orphan_wait: timedelta = DEFAULT_ORPHAN_WAIT
     memory: timedelta = DEFAULT_MEMORY
+    bill_timed_out: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,4 +171,5 @@ class Engine:
             self.refdata.for_call(start.ts),
             timed_out_at=state.timed_out_at,
             revision=state.revision,
+            bill_timed_out=self.correlator.settings.bill_timed_out,
         )

@@ -27,6 +27,7 @@ import fastjsonschema
 import orjson
 
 from pipeline.core.model import Event
+from pipeline.core.numbers import caller_id, national_digits
 
 MAX_MESSAGE_BYTES = 64 * 1024
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -300,12 +301,35 @@ def _future_limit() -> datetime:
 _DIGITS = frozenset("0123456789")
 
 
+def sub_microsecond_digits(text: str) -> str:
+    """The fraction digits of an RFC 3339 timestamp beyond the sixth, trailing zeros dropped
+    ("" for most timestamps): what `parse_ts` cuts off, kept so durations stay exact."""
+    dot = text.find(".")
+    if dot < 0 or text[dot + 7 : dot + 8] not in _DIGITS:
+        return ""
+    frac = text[dot + 7 :]
+    return frac[: len(frac) - len(frac.lstrip("0123456789"))].rstrip("0")
+
+
+def _number(value: str | None) -> str | None:
+    return None if value is None else national_digits(value)
+
+
+#: Per kind, the attributes normalised at the edge (SPEC section 1, "Billing-grade rules"): a
+#: leading "+" or "00" stripped from numbers (a URI destination is left as it is), a caller ID
+#: that is not digits after that withheld (""). Applied after validation, on both paths.
+NORMALISE: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "start": {"source": caller_id, "destination": _number, "did": _number},
+}
+
+
 def parse_ts(text: str) -> datetime:
     """RFC 3339 -> aware UTC datetime; raises ValueError for an impossible timestamp.
 
     `datetime.fromisoformat` needs help with three things RFC 3339 allows:
 
-    * sub-microsecond digits: truncated to microseconds;
+    * sub-microsecond digits: truncated to microseconds (an event keeps them apart, see
+      `sub_microsecond_digits`, so that durations stay exact);
     * lower-case ``t`` and ``z`` (RFC 3339 section 5.6): upper-cased;
     * a leap second ``23:59:60`` (UTC; any offset): taken as the first instant of the next
       minute, as POSIX time does, so that a call stamped in a leap second is not lost. Second
@@ -358,21 +382,23 @@ def parse_event(raw: bytes, *, now: datetime | None = None) -> Event:
     return event_from_dict(data, now=now)
 
 
-def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime], Event]:
-    """`build(data, ts)`: the `Event` of a message `fast_validators()` accepted, equal to
-    what the generic path of `event_from_dict` builds (its own attributes, None where absent;
-    everything else but `event` and `ts` in `extra`). It fills the slots directly: the
-    frozen dataclass's ``__init__`` goes through ``object.__setattr__`` per field, twice as
-    slow, and does nothing else (no defaults to compute, no ``__post_init__``)."""
+def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime, str], Event]:
+    """`build(data, ts, ts_sub_us)`: the `Event` of a message `fast_validators()` accepted,
+    equal to what the generic path of `event_from_dict` builds (its own attributes, normalised
+    per `NORMALISE`, None where absent; everything else but `event` and `ts` in `extra`). It
+    fills the slots directly: the frozen dataclass's ``__init__`` goes through
+    ``object.__setattr__`` per field, twice as slow, and does nothing else (no defaults to
+    compute, no ``__post_init__``)."""
     own = attributes()[kind]
     names = [f.name for f in fields(Event)]
     if not own <= set(names) or hasattr(Event, "__post_init__"):
         raise _Unsupported(f"{kind}: Event cannot be built field by field")
     known = frozenset(own | {"event", "ts"})
     required = set(_load_schema(f"{kind}.schema.json").get("required", ()))
+    normalise = NORMALISE.get(kind, {})
     namespace: dict[str, Any] = {"new": object.__new__, "Event": Event, "known": known}
     lines = [
-        "def build(data, ts):",
+        "def build(data, ts, ts_sub_us):",
         "    if data.keys() <= known:",
         "        extra = {}",
         "    else:",
@@ -383,7 +409,7 @@ def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime], Event]:
         namespace[f"set{i}"] = Event.__dict__[name].__set__  # the slot's descriptor
         if name == "kind":
             value = repr(kind)
-        elif name in ("ts", "extra"):
+        elif name in ("ts", "ts_sub_us", "extra"):
             value = name
         elif name in required:  # present in every message the schema accepts
             value = f"data[{name!r}]"
@@ -391,17 +417,20 @@ def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime], Event]:
             value = f"data.get({name!r})"
         else:
             value = "None"
+        if name in normalise:
+            namespace[f"norm{i}"] = normalise[name]
+            value = f"norm{i}({value})"
         lines.append(f"    set{i}(e, {value})")
     lines.append("    return e")
     exec("\n".join(lines), namespace)  # noqa: S102 - our own generated source
-    build: Callable[[dict[str, Any], datetime], Event] = namespace["build"]
+    build: Callable[[dict[str, Any], datetime, str], Event] = namespace["build"]
     return build
 
 
 _Kind = tuple[
     Callable[[Any], Any],
     Callable[[dict[str, Any]], bool] | None,
-    Callable[[dict[str, Any], datetime], Event] | None,
+    Callable[[dict[str, Any], datetime, str], Event] | None,
 ]
 
 
@@ -454,11 +483,15 @@ def event_from_dict(data: dict[str, Any], *, now: datetime | None = None) -> Eve
         too_far = ts > _future_limit() and ts > datetime.now(UTC) + MAX_FUTURE_SKEW
     if too_far:
         raise InvalidEvent(f"{kind}: ts: {data['ts']} is more than {MAX_FUTURE_SKEW} in the future")
+    sub_us = sub_microsecond_digits(data["ts"])
     if fast:
         assert build is not None
-        return build(data, ts)
+        return build(data, ts, sub_us)
     own = attributes()[kind]
     attrs = {k: data[k] for k in own if k in data}
+    for name, normalise in NORMALISE.get(kind, {}).items():
+        if name in attrs:
+            attrs[name] = normalise(attrs[name])
     extra = (
         {k: v for k, v in data.items() if k not in own and k != "event" and k != "ts"}
         if len(data) > len(attrs) + 2
@@ -468,7 +501,7 @@ def event_from_dict(data: dict[str, Any], *, now: datetime | None = None) -> Eve
     if type(code) is float:
         # JSON Schema counts 200.0 (or 2e2) as the integer 200; make it one.
         attrs["disconnect_code"] = int(code)
-    return Event(kind=kind, ts=ts, extra=extra, **attrs)  # type: ignore[arg-type]
+    return Event(kind=kind, ts=ts, ts_sub_us=sub_us, extra=extra, **attrs)  # type: ignore[arg-type]
 
 
 _JSON_TYPES = {

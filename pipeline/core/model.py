@@ -17,6 +17,14 @@ Direction = Literal["inbound", "outbound"]
 Status = Literal["answered", "busy", "no-answer", "cancelled", "failed"]
 CdrType = Literal["International", "Local", "Origin based"]
 Initiator = Literal["origination", "destination"]
+Flag = Literal["account_mismatch", "unknown_trunk", "unknown_did", "no_rate"]
+
+#: Why a CDR needs a second look (SPEC section 1 and 3, "Billing-grade rules"):
+#: ``account_mismatch``: the event named another account than the owner of its trunk or DID
+#: (the CDR is the owner's); ``unknown_trunk`` / ``unknown_did``: not in the reference data
+#: (unrated, the event's account); ``no_rate``: no rate row matched (unrated). A CDR's flags
+#: are a sorted tuple of these; ``rated`` and ``timed_out`` stay columns of their own.
+FLAGS: tuple[Flag, ...] = ("account_mismatch", "no_rate", "unknown_did", "unknown_trunk")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +43,9 @@ class Event:
     kind: EventKind
     id: str
     ts: datetime
+    # The timestamp's fraction digits beyond the microsecond, trailing zeros dropped ("7891"
+    # for .1234567891): datetime stops at microseconds, durations use every digit.
+    ts_sub_us: str = ""
     # start
     gateway: str | None = None
     direction: Direction | None = None
@@ -94,6 +105,7 @@ class CDR:
     # bookkeeping
     rated: bool = True
     timed_out: bool = False
+    flags: tuple[str, ...] = ()
     revision: int = 1
 
 

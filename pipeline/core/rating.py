@@ -126,19 +126,20 @@ class _Slot:
 
 
 class RateBook:
-    """All rate decks, indexed deck -> prefix -> category -> versions by effective_from.
+    """All rate decks, indexed deck -> category -> prefix -> versions by effective_from.
 
-    Lookup rule (SPEC: "rows in force at call start, category equal to the CDR Type or empty (an
-    exact category beats empty), longest matching prefix"), read as:
+    Lookup rule (SPEC section 3, "Billing-grade rules": category first, then longest prefix):
 
     1. in force: for each deck+prefix+category, the newest row with ``effective_from <= at``;
        a prefix whose rows are all in the future does not match at all;
-    2. **longest prefix wins**; the category only breaks ties at the same prefix: a row for
-       exactly the CDR type beats an uncategorised row, and a row for another category never
-       matches. So "1201 (any)" beats "1 (Local)" for a Local call to 1201...; an operator who
-       wants a category-specific price for 1201 adds a "1201, Local" row.
+    2. the rows whose category equals the CDR type are searched first, longest prefix;
+    3. only if none of them matches, the uncategorised rows, longest prefix. A row for another
+       category never matches.
 
-    Cost: at most `max_prefix_len` dict probes plus a bisect, independent of the deck size.
+    So a Local call to 4915... pays "49, Local" rather than "4915, (any)": an operator who sets
+    a Local price means every Local call it covers, and one who wants a finer Local price adds
+    "4915, Local". Cost: at most twice `max_prefix_len` dict probes plus a bisect, independent
+    of the deck size.
     """
 
     __slots__ = ("_index", "_max_len", "_rows")
@@ -149,16 +150,16 @@ class RateBook:
         max_len = 0
         for row in rows:
             all_rows.append(row)
-            grouped.setdefault(row.deck, {}).setdefault(row.prefix, {}).setdefault(
-                row.category, []
+            grouped.setdefault(row.deck, {}).setdefault(row.category, {}).setdefault(
+                row.prefix, []
             ).append(row)
             max_len = max(max_len, len(row.prefix))
         self._index: dict[str, dict[str, dict[str, _Slot]]] = {
             deck: {
-                prefix: {cat: _Slot(rs) for cat, rs in cats.items()}
-                for prefix, cats in prefixes.items()
+                category: {prefix: _Slot(rs) for prefix, rs in prefixes.items()}
+                for category, prefixes in categories.items()
             }
-            for deck, prefixes in grouped.items()
+            for deck, categories in grouped.items()
         }
         self._max_len = max_len
         self._rows = tuple(all_rows)
@@ -177,21 +178,18 @@ class RateBook:
     def lookup(self, deck: str, digits: str, category: str, at: datetime) -> RateRow | None:
         """The row rating a call to `digits` of CDR type `category` starting at `at` (aware),
         or None if the deck is unknown or nothing matches (see the class docstring)."""
-        prefixes = self._index.get(deck)
-        if prefixes is None:
+        categories = self._index.get(deck)
+        if categories is None:
             return None
-        for n in range(min(len(digits), self._max_len), 0, -1):
-            cats = prefixes.get(digits[:n])
-            if cats is None:
+        longest = min(len(digits), self._max_len)
+        for cat in (category, ""):
+            slots = categories.get(cat)
+            if slots is None:
                 continue
-            slot = cats.get(category)
-            if slot is not None:
-                row = slot.at(at)
-                if row is not None:
-                    return row
-            slot = cats.get("")
-            if slot is not None:
-                row = slot.at(at)
-                if row is not None:
-                    return row
+            for n in range(longest, 0, -1):
+                slot = slots.get(digits[:n])
+                if slot is not None:
+                    row = slot.at(at)
+                    if row is not None:
+                        return row
         return None

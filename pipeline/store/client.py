@@ -64,6 +64,7 @@ _COMMON_TAIL = (
     "trunk",
     "rated",
     "timed_out",
+    "flags",
     "revision",
 )
 #: Columns the code writes and reads, per direction; each is a `CDR` field of the same name.

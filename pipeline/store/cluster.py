@@ -51,6 +51,10 @@ _CREATE = re.compile(
     r"(?P<rest>PARTITION BY .*)",
     re.DOTALL,
 )
+_ADD_COLUMN = re.compile(
+    r"ALTER TABLE (?P<name>[A-Za-z_][A-Za-z0-9_]*) (?P<action>ADD COLUMN IF NOT EXISTS .*)",
+    re.DOTALL,
+)
 
 
 def _identifier(value: str, what: str) -> str:
@@ -96,6 +100,15 @@ def cluster_ddl(
         f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster};",
     ]
     for stmt in statements:
+        added = _ADD_COLUMN.fullmatch(stmt)
+        if added is not None:  # a migration: the local tables first, then the Distributed one
+            name, action = added["name"], added["action"]
+            out += [
+                "",
+                f"ALTER TABLE {database}.{name}{LOCAL_SUFFIX} ON CLUSTER {cluster} {action};",
+                f"ALTER TABLE {database}.{name} ON CLUSTER {cluster} {action};",
+            ]
+            continue
         match = _CREATE.fullmatch(stmt)
         if match is None:
             head = stmt.splitlines()[0] if stmt else stmt

@@ -254,7 +254,9 @@ def decode_row(direction: Direction, raw: bytes) -> CDR:
     for i, _ in _ROW_MONEY[direction]:
         if values[i] is not None:
             values[i] = Decimal(values[i])
-    return CDR(direction=direction, **dict(zip(COLUMNS[direction], values, strict=True)))
+    data = dict(zip(COLUMNS[direction], values, strict=True))
+    data["flags"] = tuple(data["flags"])
+    return CDR(direction=direction, **data)
 
 
 class CdrWriter:

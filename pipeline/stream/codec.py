@@ -45,6 +45,8 @@ def cdr_from_bytes(raw: bytes) -> CDR:
     for name in _MONEY_FIELDS:
         if data.get(name) is not None:
             data[name] = Decimal(data[name])
+    if "flags" in data:
+        data["flags"] = tuple(data["flags"])
     return CDR(**{name: data[name] for name in _CDR_FIELDS if name in data})
 
 

@@ -65,7 +65,7 @@ T0 = datetime(2026, 6, 1, 10, 0, 0, tzinfo=UTC)
 US = "12015550123"
 US2 = "12025550123"
 GB_FIXED = "442079460123"
-GB_MOBILE = "447700900123"  # invalid per libphonenumber, still GB
+GB_MOBILE = "447700900123"  # invalid per libphonenumber: no country of its own
 DE = "4930901820"
 FR = "33142685300"
 
@@ -234,9 +234,9 @@ def test_longest_prefix_and_names_from_number_when_row_has_none(rd: RefData):
     assert cdr.billing_duration == 12 and cdr.charged == D("0.001800")
     # the 1201 row has empty country/network: taken from the number
     assert (cdr.country_name, cdr.network_name) == ("United States", "Fixed or mobile")
-    # a Local call: the longer uncategorised prefix still wins (documented reading)
+    # a Local call: the "1, Local" row comes first, before any longer uncategorised prefix
     local = answered(rd, outbound(source=US, destination="12015550199"), 7)
-    assert (local.cdr_type, local.rate) == ("Local", D("0.0090"))
+    assert (local.cdr_type, local.rate) == ("Local", D("0.0060"))
 
 
 def test_cli_replacement_changes_cli_and_origin(rd: RefData):
@@ -304,8 +304,9 @@ def test_unknown_trunk_is_unrated_but_stored(rd: RefData):
     assert cdr.cli == US and cdr.trunk == "No Such Trunk"
     assert cdr.duration == 60 and cdr.status == "answered"
     assert cdr.cdr_type == "International"
-    # names from the number itself
-    assert (cdr.country_name, cdr.network_name) == ("United Kingdom", "Unknown")
+    assert cdr.flags == ("unknown_trunk",) and cdr.account == "acc-1"
+    # no rate row: names from the number itself, which is not a valid number: none
+    assert (cdr.country_name, cdr.network_name) == ("", "Unknown")
 
 
 def test_missing_rate_is_unrated(rd: RefData):
@@ -360,17 +361,26 @@ def test_timed_out_connected_call(rd: RefData):
     assert cdr.disconnect_reason == "Timed out"
     assert cdr.status == "answered"
     assert cdr.duration == 4 * 3600 - 2
-    assert cdr.charged == D("2.879600")  # 14398 s * 0.012 / 60
+    # unrated by default: a lost BYE is not a 4-hour charge
+    assert (cdr.rated, cdr.rate, cdr.billing_duration, cdr.charged) == (False, None, None, None)
+    assert (cdr.country_name, cdr.network_name) == ("Germany", "Fixed")  # still described
+    billed = build_cdr(start, connect(2), None, rd, timed_out_at=closed, bill_timed_out=True)
+    assert billed.rated is True and billed.timed_out is True
+    assert billed.charged == D("2.879600")  # 14398 s * 0.012 / 60
 
 
 def test_timed_out_unconnected_call(rd: RefData):
-    cdr = build_cdr(outbound(), None, None, rd, timed_out_at=T0 + timedelta(hours=4))
-    assert (cdr.status, cdr.duration, cdr.charged, cdr.timed_out) == (
+    closed = T0 + timedelta(hours=4)
+    cdr = build_cdr(outbound(), None, None, rd, timed_out_at=closed)
+    assert (cdr.status, cdr.duration, cdr.charged, cdr.timed_out, cdr.rated) == (
         "failed",
         0,
-        D("0.000000"),
+        None,
         True,
+        False,
     )
+    billed = build_cdr(outbound(), None, None, rd, timed_out_at=closed, bill_timed_out=True)
+    assert (billed.charged, billed.rated) == (D("0.000000"), True)
 
 
 def test_real_end_wins_over_timeout(rd: RefData):
@@ -411,7 +421,7 @@ def test_inbound_metered_and_termination_with_did_increments(rd: RefData):
 
 
 def test_inbound_termination_category_from_origin_to_pstn_country(rd: RefData):
-    start = inbound("18005550101", destination="sip:+12025550123@carrier;user=phone", source=US)
+    start = inbound("18005550101", destination="tel:+12025550123", source=US)
     cdr = answered(rd, start, 37)
     # US -> US: the Local termination row, no connection fee: 60 * 0.0030 / 60
     assert cdr.termination_amount == D("0.003000")

@@ -8,9 +8,19 @@ from pipeline.core.classify import EEA, call_status, cdr_type
 
 
 def test_eea_is_eu27_plus_iceland_liechtenstein_norway():
-    assert len(EEA) == 30
+    assert len(EEA - {"RE", "GP", "MQ", "GF", "YT", "MF", "AX"}) == 30
     assert {"IS", "LI", "NO", "DE", "FR", "IE", "CY"} <= EEA
     assert not {"GB", "CH", "US", "TR"} & EEA
+
+
+def test_eea_includes_the_eu_regions_with_region_codes_of_their_own():
+    """The EU's outermost regions and the Åland Islands are EU territory under their own
+    region codes; Svalbard, Gibraltar, Greenland, the Faroes and the Channel Islands are not."""
+    assert {"RE", "GP", "MQ", "GF", "YT", "MF", "AX"} <= EEA
+    assert not {"SJ", "GI", "GL", "FO", "GG", "JE", "IM"} & EEA
+    assert cdr_type("DE", "RE") == "Origin based"
+    assert cdr_type("AX", "FI") == "Origin based"
+    assert cdr_type("DE", "GI") == "International"
 
 
 @pytest.mark.parametrize(

@@ -43,7 +43,7 @@ def outbound_call(
             direction="outbound",
             account="acc-1002",
             source="12015550123",
-            destination="447700900123",
+            destination="447700123456",
             trunk="Outbound Trunk 2",
         ),
         msg(

@@ -48,7 +48,7 @@ START = {
     "direction": "outbound",
     "account": "acc-1002",
     "source": "12015550123",
-    "destination": "447700900123",
+    "destination": "447700123456",
     "trunk": "Outbound Trunk 2",
 }
 INBOUND = {
@@ -490,7 +490,7 @@ def outbound(start: float, connect: float | None, end: float, code: int = 200) -
             direction="outbound",
             account="acc-1002",
             source="12015550123",
-            destination="447700900123",
+            destination="447700123456",
             trunk="Outbound Trunk 2",  # premium deck, 447 Local: 0.0350/min, 60/60, no fee
         ),
         ev(

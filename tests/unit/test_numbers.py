@@ -23,8 +23,17 @@ from pipeline.core.numbers import UNKNOWN, NumberInfo, country_name, describe, d
         ("14165550100", NumberInfo("CA", "Canada", "Fixed or mobile")),
         # toll-free: libphonenumber gives no geocoded name for NANP toll-free; we still do
         ("18005550100", NumberInfo("US", "United States", "Toll-free")),
-        # invalid per libphonenumber (Ofcom drama range) but clearly GB by calling code
-        ("447700900123", NumberInfo("GB", "United Kingdom", "Unknown")),
+        # invalid per libphonenumber (Ofcom drama range): no country of its own
+        ("447700900123", UNKNOWN),
+        ("4912", UNKNOWN),  # a short CLI is not a German number
+        ("33000000000", UNKNOWN),
+        # the EU's outermost regions and Åland have region codes of their own
+        ("262262123456", NumberInfo("RE", "Réunion", "Fixed")),
+        ("358181234567", NumberInfo("AX", "Åland Islands", "Fixed")),
+        # ISO 3166 current names, not libphonenumber's dated ones
+        ("420212345678", NumberInfo("CZ", "Czechia", "Fixed")),
+        ("902123456789", NumberInfo("TR", "Türkiye", "Fixed")),
+        ("38922012345", NumberInfo("MK", "North Macedonia", "Fixed")),
         # non-geographic calling code: no ISO country, but a name
         ("80012345678", NumberInfo(None, "International Freephone", "Toll-free")),
         # a leading + is tolerated
@@ -90,14 +99,12 @@ def _describe_with_public_functions(d: str) -> NumberInfo:
     except phonenumbers.NumberParseException:
         return UNKNOWN
     cc = num.country_code
-    valid = phonenumbers.is_valid_number(num)
-    kind = phonenumbers.number_type(num)
-    network = numbers._NETWORK.get(kind, "Unknown") if valid else "Unknown"
+    if not phonenumbers.is_valid_number(num):
+        return UNKNOWN
+    network = numbers._NETWORK.get(phonenumbers.number_type(num), "Unknown")
     if cc in numbers._NON_GEO_NAMES:
         return NumberInfo(None, numbers._NON_GEO_NAMES[cc], network)
-    region = phonenumbers.region_code_for_number(num) if valid else None
-    if not region or len(region) != 2 or region == "ZZ":
-        region = phonenumbers.region_code_for_country_code(cc)
+    region = phonenumbers.region_code_for_number(num)
     if not region or len(region) != 2 or region == "ZZ":
         return UNKNOWN
     return NumberInfo(region, country_name(region), network)
@@ -155,6 +162,51 @@ def test_describe_equals_public_functions_on_example_numbers():
     assert checked > 1000
 
 
+def test_answer_is_a_function_of_the_number_alone():
+    """590 590 2x... is Guadeloupe and 590 590 27... Saint Barthélemy: sharing seven leading
+    digits and the length, the second must not get the first one's answer from the cache."""
+    from pipeline.core import numbers
+
+    gp, bl = "590590201234", "590590271234"
+    for first, second in ((gp, bl), (bl, gp)):
+        numbers._by_plan.clear()
+        describe(first)
+        assert describe(second) == numbers._describe(second)
+    assert describe(gp).country == "GP" and describe(bl).country == "BL"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_digits(13), min_size=2, max_size=40).flatmap(
+        lambda base: st.lists(
+            st.tuples(st.sampled_from(base), st.text("0123456789", max_size=13)).map(
+                lambda p: p[0][: max(3, len(p[0]) - len(p[1]))] + p[1]
+            ),
+            min_size=1,
+            max_size=60,
+        )
+    )
+)
+def test_cached_answers_equal_a_fresh_parse_in_any_order(numbers_seen: list[str]):
+    """Neighbouring numbers (shared prefixes, other tails) asked in any order: each cached
+    answer is the one a parse of that very number gives."""
+    from pipeline.core import numbers
+
+    numbers._by_plan.clear()
+    for d in numbers_seen:
+        assert describe(d) == numbers._describe(d), d
+
+
+def test_decisive_depth_bounds_the_patterns():
+    from pipeline.core import numbers
+
+    assert numbers._pattern_depth(r"7[1-57-9]\d{8}") == 2
+    assert numbers._pattern_depth(r"\d{3}5\d") == 4
+    assert numbers._pattern_depth(r"(?:12|3)\d{2}4") == 5
+    assert numbers._pattern_depth(r"[0-9]{2}(?:1\d)?") == 3
+    assert numbers._pattern_depth(r"\d+5") >= 1 << 20  # unbounded: the whole number
+
+
 def test_country_name():
     assert country_name("US") == "United States"
     assert country_name("GB") == "United Kingdom"
@@ -173,11 +225,15 @@ def test_country_name():
         ("TEL:+12015550199", "12015550199"),
         ("tel:12015550199", "12015550199"),
         ("tel:5550199;phone-context=example.com", None),  # local number, not E.164
-        ("sip:+442079460123@carrier.example;user=phone", "442079460123"),
-        ("sip:442079460123@carrier.example", "442079460123"),
-        ("sips:442079460123;isub=1@carrier.example", "442079460123"),
-        ("SIP:+12015550199@gw", "12015550199"),
-        ("sip:1001@pbx.example.com", None),  # an extension, not a PSTN number
+        ("00442079460123", "442079460123"),
+        ("tel:00442079460123", "442079460123"),
+        # a SIP URI is delivery to a SIP endpoint, whatever its user part looks like
+        ("sip:+442079460123@carrier.example;user=phone", None),
+        ("sip:442079460123@pbx.customer.example", None),
+        ("sips:442079460123;isub=1@carrier.example", None),
+        ("SIP:+12015550199@gw", None),
+        ("sip:+33142685300@10.0.0.5", None),
+        ("sip:1001@pbx.example.com", None),
         ("sip:alice@example.com", None),
         ("sip:example.com", None),  # no user part
         ("sip:+44abc@x", None),

@@ -226,9 +226,11 @@ def test_exact_category_beats_uncategorised_at_same_prefix():
     assert rate_of("12025550123", "International") == D("0.0100")
 
 
-def test_longer_uncategorised_prefix_beats_shorter_categorised():
-    # documented reading: prefix length first, category only breaks ties
-    assert rate_of("12015550123", "Local") == D("0.0090")
+def test_category_first_then_longest_prefix():
+    # a row of the call's category wins over a longer uncategorised prefix
+    assert rate_of("12015550123", "Local") == D("0.0060")
+    # without a row of its category, the longest uncategorised prefix
+    assert rate_of("12015550123", "International") == D("0.0090")
 
 
 def test_row_of_another_category_never_matches():
