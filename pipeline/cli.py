@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,10 +117,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     try:
         if args.output:
             with open(args.output, "w", newline="", encoding="utf-8") as out:
-                rows = write_csv(client, flt, out)
+                rows = write_csv(client, flt, out, excel=args.excel)
             print(f"{rows} rows written to {args.output}", file=sys.stderr)
         else:
-            write_csv(client, flt, sys.stdout)
+            # UTF-8 whatever the locale, and line ends exactly as written (no translation)
+            if isinstance(sys.stdout, io.TextIOWrapper):
+                sys.stdout.reconfigure(encoding="utf-8", newline="")
+            write_csv(client, flt, sys.stdout, excel=args.excel)
     except BrokenPipeError:  # `cdrpipe export ... | head` is fine
         sys.stderr.close()
     finally:
@@ -237,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--type", help="CDR type: International, Local or 'Origin based'")
     p.add_argument("--status", help="answered, busy, no-answer, cancelled or failed")
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument(
+        "--excel",
+        action="store_true",
+        help="for spreadsheets: a UTF-8 byte order mark first and CRLF line ends "
+        "(default: plain UTF-8, LF)",
+    )
     _add_store(p)
     p.set_defaults(func=cmd_export)
 

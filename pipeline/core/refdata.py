@@ -4,7 +4,10 @@ Loading is all-or-nothing: the first problem in any of the three files raises `R
 naming file, line and column, and nothing of the new set is used. Validation decisions:
 
 * The header must equal the SPEC's column list exactly (a UTF-8 BOM, as written by
-  spreadsheet tools, is ignored). Blank lines are skipped. Every field is stripped of
+  spreadsheet tools, is ignored). Blank lines are skipped, and so are comment lines: lines
+  whose first non-blank character is ``#`` (a row whose first cell starts with ``#`` is
+  written quoted: ``"#5",...``). Line numbers in messages count every line, comments
+  included, so they match the operator's editor. Every field is stripped of
   surrounding whitespace before it is checked. A cell must not hold a control character
   other than tab (NUL, a line break inside quotes, ...; see `_Table._refuse_control`).
 * Money: plain decimal notation only (``0.0125``; no exponent, NaN or infinity), non-negative,
@@ -20,8 +23,10 @@ naming file, line and column, and nothing of the new set is used. Validation dec
   UTC, one with an offset is converted to UTC.
 * Names (deck, trunk, account) must be non-empty; prefix, DID and replace_cli are ASCII
   digits (prefix 1..15, DID/replace_cli 6..15 without a leading 0, like E.164); origin_country
-  is two uppercase letters or empty; category is International, Local, Origin based or empty
-  (exact spelling, as in CDR Type).
+  is empty or an ISO 3166-1 alpha-2 code as `pipeline.core.countries.check_alpha2` accepts it
+  (``GB``; ``UK``, ``gb`` or ``GBR`` are refused with a hint), since it is compared with the
+  country libphonenumber gives the called number; category is International, Local, Origin
+  based or empty (exact spelling, as in CDR Type).
 * Duplicates are refused: deck+prefix+category+effective_from (compared as instants), trunk
   name, DID. A trunk's deck and a DID's non-empty termination_deck must exist in rates.csv.
 """
@@ -36,13 +41,14 @@ import os
 import re
 import threading
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from types import MappingProxyType
 
+from pipeline.core.countries import check_alpha2
 from pipeline.core.rating import RateBook, RateRow
 
 __all__ = [
@@ -168,7 +174,7 @@ _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _INT = re.compile(r"[+-]?[0-9]+")
 _PREFIX = re.compile(r"[0-9]{1,15}")
 _E164 = re.compile(r"[1-9][0-9]{5,14}")
-_COUNTRY = re.compile(r"[A-Z]{2}")
+_COMMENT = re.compile(r"[^\S\r\n]*#")  # matched at the start of a line
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")  # Unicode Cc but tab
 _CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")  # not CR, LF either
 
@@ -254,12 +260,29 @@ def _category(v: str) -> str:
 def _country(v: str) -> str | None:
     if not v:
         return None
-    if not _COUNTRY.fullmatch(v):
-        raise _FieldError(f"not an ISO 3166 alpha-2 code (two uppercase letters): {_show(v)}")
+    try:
+        check_alpha2(v)
+    except ValueError as exc:
+        raise _FieldError(str(exc)) from None
     return v
 
 
 # --------------------------------------------------------------------------- CSV reading
+
+
+def _skip_comments(lines: Iterable[str], at_record_start: list[bool]) -> Iterator[str]:
+    """The lines for csv.reader with each comment line made blank (so that the lines after it
+    keep their numbers). A line is a comment only where a record starts (`at_record_start`,
+    set by the reading loop after each record): inside a quoted cell a line starting with
+    ``#`` is part of the cell, and the cell is refused for its line break rather than
+    silently cut short. The reader asks for a line only when it needs one, so the flag is
+    exact."""
+    for line in lines:
+        if at_record_start[0] and _COMMENT.match(line):
+            yield "\n"
+        else:
+            at_record_start[0] = False
+            yield line
 
 
 class _Table:
@@ -273,7 +296,12 @@ class _Table:
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             raise RefDataError(name, line, None, f"not UTF-8: {exc.reason}") from None
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+        # Lines end at CR, LF or CRLF, as csv's do.
+        lines: Iterable[str] = io.StringIO(text, newline="")
+        at_record_start = [True]
+        if "#" in text:
+            lines = _skip_comments(lines, at_record_start)
+        reader = csv.reader(lines, strict=True)
         self.rows: list[tuple[int, list[str]]] = []
         prev_end = 0
         # One scan of the whole text, so that clean files (all of them, in practice) pay no
@@ -281,6 +309,7 @@ class _Table:
         suspect = _CONTROL_IN_LINE.search(text) is not None
         try:
             for rec in reader:
+                at_record_start[0] = True
                 start, prev_end = prev_end + 1, reader.line_num
                 if not rec or (len(rec) == 1 and not rec[0].strip()):
                     continue

@@ -14,12 +14,17 @@ Headers are the seed's Header cells verbatim and in order, asterisks included ("
   carriage return) get a leading ``'``. Only free text is touched (numbers, reasons, names);
   times and amounts are produced here and never start that way.
 
-Lines end in ``\\n``; cells are quoted only when needed (the csv module's minimal quoting).
+Output is UTF-8 with lines ending in ``\\n``; cells are quoted only when needed (the csv module's
+minimal quoting). The Excel form (``excel=True``, ``cdrpipe export --excel``) starts with a UTF-8
+byte order mark and ends lines in ``\\r\\n``: without the mark Excel reads the file in the
+machine's ANSI code page ("Curaçao" comes out as "CuraÃ§ao"), and CRLF is what Windows tools
+expect. The cells are the same in both forms.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -31,9 +36,11 @@ from pipeline.core.model import CDR, Direction
 from pipeline.store.queries import CdrFilter, select_cdrs
 
 __all__ = [
+    "BOM",
     "HEADERS",
     "INBOUND_HEADER",
     "OUTBOUND_HEADER",
+    "csv_bytes",
     "csv_row",
     "write_cdrs",
     "write_csv",
@@ -75,6 +82,8 @@ OUTBOUND_HEADER: list[str] = [
 ]
 
 HEADERS: dict[str, list[str]] = {"inbound": INBOUND_HEADER, "outbound": OUTBOUND_HEADER}
+
+BOM = "\ufeff"  # U+FEFF, the bytes EF BB BF in UTF-8
 
 _MICRO = Decimal("0.000001")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -158,15 +167,28 @@ def csv_row(cdr: CDR) -> list[str]:
     return _ROW[cdr.direction](cdr)
 
 
-def write_cdrs(direction: Direction, cdrs: Iterable[CDR], out: TextIO) -> int:
+def write_cdrs(
+    direction: Direction,
+    cdrs: Iterable[CDR],
+    out: TextIO,
+    *,
+    excel: bool = False,
+    header: bool = True,
+) -> int:
     """Write the header of `direction` and one line per CDR; returns the number of CDRs.
 
-    Open a file target with ``newline=""`` so the csv module controls line ends.
+    `excel`: the byte order mark before the header and ``\\r\\n`` line ends (module doc).
+    `header=False` writes only the CDRs' lines (no mark either): the later chunks of an export
+    streamed in pieces. Open a file target with ``encoding="utf-8", newline=""`` so the csv
+    module controls line ends.
     """
     if direction not in HEADERS:
         raise ValueError(f"direction must be 'inbound' or 'outbound'; got {direction!r}")
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(HEADERS[direction])
+    writer = csv.writer(out, lineterminator="\r\n" if excel else "\n")
+    if header:
+        if excel:
+            out.write(BOM)
+        writer.writerow(HEADERS[direction])
     to_row = _ROW[direction]
     count = 0
     for cdr in cdrs:
@@ -177,6 +199,16 @@ def write_cdrs(direction: Direction, cdrs: Iterable[CDR], out: TextIO) -> int:
     return count
 
 
-def write_csv(client: Client, flt: CdrFilter, out: TextIO) -> int:
+def csv_bytes(
+    direction: Direction, cdrs: Iterable[CDR], *, excel: bool = False, header: bool = True
+) -> tuple[bytes, int]:
+    """`write_cdrs` into UTF-8 bytes: (the bytes, the number of CDRs). For a response streamed
+    in chunks: the first with ``header=True``, every later one with ``header=False``."""
+    buf = io.StringIO(newline="")
+    count = write_cdrs(direction, cdrs, buf, excel=excel, header=header)
+    return buf.getvalue().encode("utf-8"), count
+
+
+def write_csv(client: Client, flt: CdrFilter, out: TextIO, *, excel: bool = False) -> int:
     """Export the CDRs matching `flt` as CSV to `out`, streamed; returns rows written."""
-    return write_cdrs(flt.direction, select_cdrs(client, flt), out)
+    return write_cdrs(flt.direction, select_cdrs(client, flt), out, excel=excel)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-import re
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -12,40 +12,35 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.model import CDR
-from pipeline.store.export import INBOUND_HEADER, OUTBOUND_HEADER, csv_row, write_cdrs
+from pipeline.store.export import (
+    INBOUND_HEADER,
+    OUTBOUND_HEADER,
+    csv_bytes,
+    csv_row,
+    write_cdrs,
+)
 
-# The shared folder sits beside the repository (in CI too).
-SEED = Path(__file__).resolve().parents[2].parent / "shared" / "seed" / "call-logs.txt"
-
-
-def seed_headers(title: str) -> list[str]:
-    """The Header cells of one "... CDR Exported CSV File Description" table of the seed.
-
-    The table is flattened to one cell per line ("cell |"), four cells per field row:
-    number, header, sample value, description.
-    """
-    assert SEED.is_file(), f"seed file missing: {SEED}"
-    text = SEED.read_text(encoding="utf-8")
-    section = text.split(title, 1)[1]
-    lines = section.splitlines()
-    body = lines[next(i for i, line in enumerate(lines) if line.startswith("---|")) + 1 :]
-    headers = []
-    for row in range(0, len(body) - 3, 4):
-        number, header = body[row], body[row + 1]
-        if not re.fullmatch(rf"{len(headers) + 1} \|", number):
-            break
-        assert header.endswith(" |"), header
-        headers.append(header[: -len(" |")])
-    return headers
+# The Header cells of the Call Logs page's two "CDR Exported CSV File Description" tables,
+# copied character for character (the asterisks are the page's).
+SEED_INBOUND = [
+    "Date/Time Start (UTC)", "Date/Time Connect (UTC)", "Date/Time End (UTC)", "Source", "DID",
+    "Destination", "Duration (secs)", "Disconnect Initiator", "Disconnect Code",
+    "Disconnect Response", "Toll-free Amount (USD)", "Termination Amount (USD)",
+    "Metered Channels Amount (USD)",
+]  # fmt: skip
+SEED_OUTBOUND = [
+    "Date/Time Start (UTC)", "Date/Time Connect (UTC)", "Date/Time End (UTC)", "Source", "CLI*",
+    "Destination", "Duration (secs)", "Billing Duration", "Disconnect Code", "Disconnect Reason",
+    "Rate (USD per minute)", "Charged (USD)", "CDR Type*", "Country Name", "Network Name",
+    "Trunk Name",
+]  # fmt: skip
 
 
 def test_headers_equal_the_seed_character_for_character() -> None:
-    inbound = seed_headers("Inbound CDR Exported CSV File Description")
-    outbound = seed_headers("Outbound CDR Exported CSV File Description")
-    assert len(inbound) == 13 and len(outbound) == 16
-    assert inbound == INBOUND_HEADER
-    assert outbound == OUTBOUND_HEADER
-    for direction, header in (("inbound", inbound), ("outbound", outbound)):
+    assert len(SEED_INBOUND) == 13 and len(SEED_OUTBOUND) == 16
+    assert SEED_INBOUND == INBOUND_HEADER
+    assert SEED_OUTBOUND == OUTBOUND_HEADER
+    for direction, header in (("inbound", SEED_INBOUND), ("outbound", SEED_OUTBOUND)):
         out = io.StringIO()
         write_cdrs(direction, [], out)  # type: ignore[arg-type]
         assert out.getvalue() == ",".join(header) + "\n"
@@ -245,3 +240,121 @@ def test_rows_of_the_other_direction_are_refused() -> None:
         write_cdrs("outbound", [inbound()], io.StringIO())
     with pytest.raises(ValueError, match="direction must be"):
         write_cdrs("sideways", [], io.StringIO())  # type: ignore[arg-type]
+
+
+# --- the Excel form: byte order mark and CRLF; same cells -------------------------------------
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def names_sample() -> list[CDR]:
+    """CDRs whose cells need UTF-8, a comma and quotes: what a code-page reader would garble."""
+    return [
+        outbound(id="gw1-1", country_name="Åland Islands"),
+        outbound(id="gw1-2", country_name="Curaçao", network_name="Mobile"),
+        outbound(id="gw1-3", country_name="Türkiye", disconnect_reason='Bye, "normal"'),
+    ]
+
+
+def test_excel_form_has_a_bom_crlf_and_the_same_rows() -> None:
+    cdrs = names_sample()
+    data, count = csv_bytes("outbound", cdrs, excel=True)
+    assert count == 3
+    assert data.startswith(UTF8_BOM) and not data.startswith(UTF8_BOM * 2)
+    lines = data.split(b"\r\n")
+    assert lines[-1] == b"" and len(lines) == 1 + 3 + 1  # header, rows, after the last CRLF
+    assert all(b"\n" not in line and b"\r" not in line for line in lines)
+    text = data.decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
+    assert rows == [OUTBOUND_HEADER, *(csv_row(c) for c in cdrs)]
+    assert [row[13] for row in rows[1:]] == ["Åland Islands", "Curaçao", "Türkiye"]
+    assert rows[3][9] == 'Bye, "normal"'
+
+
+def test_default_form_is_plain_utf8_with_lf() -> None:
+    cdrs = names_sample()
+    data, count = csv_bytes("outbound", cdrs)
+    assert count == 3
+    assert not data.startswith(UTF8_BOM) and b"\r" not in data
+    assert data.count(b"\n") == 4 and data.endswith(b"\n")
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8"), newline="")))
+    assert rows == [OUTBOUND_HEADER, *(csv_row(c) for c in cdrs)]
+    assert "Åland Islands" in data.decode("utf-8")
+    # the two forms differ in the mark and the line ends only
+    excel, _ = csv_bytes("outbound", cdrs, excel=True)
+    assert excel == UTF8_BOM + data.replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize("excel", [False, True])
+def test_chunks_without_header_add_up_to_the_whole_export(excel: bool) -> None:
+    """A streamed export: header chunk, then chunks of rows; the mark comes once, first."""
+    cdrs = [*names_sample(), outbound(id="gw1-4"), outbound(id="gw1-5")]
+    whole, _ = csv_bytes("outbound", cdrs, excel=excel)
+    head, none = csv_bytes("outbound", [], excel=excel)
+    first, n1 = csv_bytes("outbound", cdrs[:2], excel=excel, header=False)
+    rest, n2 = csv_bytes("outbound", cdrs[2:], excel=excel, header=False)
+    assert (none, n1, n2) == (0, 2, 3)
+    assert head + first + rest == whole
+    assert not first.startswith(UTF8_BOM) and not rest.startswith(UTF8_BOM)
+
+
+def test_excel_form_into_a_file(tmp_path: Path) -> None:
+    """A file opened as write_cdrs asks: the mark is one EF BB BF, and no CR is doubled."""
+    path = tmp_path / "out.csv"
+    cdr = inbound(source="Åland")
+    with path.open("w", encoding="utf-8", newline="") as out:
+        assert write_cdrs("inbound", [cdr], out, excel=True) == 1
+    header, row = ",".join(INBOUND_HEADER), ",".join(csv_row(cdr))
+    assert path.read_bytes() == UTF8_BOM + f"{header}\r\n{row}\r\n".encode()
+
+
+# --- cdrpipe export against an embedded store --------------------------------------------------
+
+
+@pytest.fixture
+def store_dsn(tmp_path: Path) -> str:
+    """An embedded store holding `names_sample()` (recent: older rows expire), closed again so
+    that `cdrpipe export` can open it."""
+    from pipeline.store.client import connect
+    from pipeline.store.writer import CdrWriter
+
+    dsn = f"chdb://{tmp_path / 'store'}"
+    recent = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
+    cdrs = [
+        dataclasses.replace(
+            c,
+            start_time=recent + timedelta(minutes=i),
+            connect_time=recent + timedelta(minutes=i, seconds=2),
+            end_time=recent + timedelta(minutes=i, seconds=64),
+        )
+        for i, c in enumerate(names_sample())
+    ]
+    client = connect(dsn)
+    try:
+        assert CdrWriter(client).write(cdrs) == 3
+    finally:
+        client.close()
+    return dsn
+
+
+def test_cli_export_excel_and_plain(
+    store_dsn: str, tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    from pipeline.cli import main
+
+    excel, plain = tmp_path / "excel.csv", tmp_path / "plain.csv"
+    args = ["export", "--direction", "outbound", "--store", store_dsn]
+    assert main([*args, "--excel", "-o", str(excel)]) == 0
+    assert main([*args, "-o", str(plain)]) == 0
+    assert main([*args, "--excel"]) == 0
+    stdout = capsysbinary.readouterr().out
+    data = excel.read_bytes()
+    assert stdout == data
+    assert data.startswith(UTF8_BOM)
+    assert data.count(b"\r\n") == 4 and data.count(b"\n") == 4
+    rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+    assert rows[0] == OUTBOUND_HEADER
+    assert [row[13] for row in rows[1:]] == ["Åland Islands", "Curaçao", "Türkiye"]
+    text = plain.read_bytes()
+    assert not text.startswith(UTF8_BOM) and b"\r" not in text
+    assert UTF8_BOM + text.replace(b"\n", b"\r\n") == data

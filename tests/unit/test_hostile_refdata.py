@@ -1,4 +1,4 @@
-"""Hostile reference data (issue #5): the loaders accept a file or refuse it, nothing else.
+"""Hostile reference data: the loaders accept a file or refuse it, nothing else.
 
 Whatever bytes are in rates.csv, trunks.csv or dids.csv, loading either succeeds with values
 inside the documented bounds or raises `RefDataError` naming the file, the line, and the column
@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.core.countries import country_name
 from pipeline.core.refdata import (
     DIDS_FILE,
     DIDS_HEADER,
@@ -94,6 +95,8 @@ def check_refdata(rd: RefData) -> None:
     assert all(type(n) is int and 1 <= n <= MAX_INCREMENT for n in increments)
     for trunk in rd.trunks.values():
         assert trunk.deck in rd.rates.decks
+        # a country code the classifier can ever match: one a number can have
+        assert trunk.origin_country is None or country_name(trunk.origin_country)
 
 
 def load_checked(directory: Path, blame: str | None = None) -> RefData | RefDataError:
@@ -127,7 +130,9 @@ def config_dir(tmp_path_factory) -> Iterator[Path]:
 
 FILE_NAMES = st.sampled_from(sorted(GOOD))
 CSVISH = st.lists(
-    st.sampled_from(list('std1092.,-+"\r\n \t\x00\ufeffé;eE') + ["NaN", "Local", "2020-01-01"]),
+    st.sampled_from(
+        list('std1092.,-+"#\r\n \t\x00\ufeffé;eE') + ["NaN", "Local", "2020-01-01", "UK"]
+    ),
     max_size=150,
 ).map("".join)
 CELL_GARBAGE = st.sampled_from(
@@ -137,7 +142,8 @@ CELL_GARBAGE = st.sampled_from(
         "0.0000000001", "0.000000001", "999999.999999999", "1000000", "\x00", "abc",
         "2020-02-30", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00", "20200101",
         "2020-01-01T25:00", "Local", "local", "DE", "de", "442079460000", "+442079460000",
-        "std", "term", "nope", "86400", "86401", "0", "-1",
+        "std", "term", "nope", "86400", "86401", "0", "-1", "UK", "EL", "ZZ", "gb", "DEU",
+        "#", "# note", " #1", '#"',
     ]
 ) | st.text(st.characters(blacklist_characters=',"\r\n', blacklist_categories=["Cs"]))  # fmt: skip
 
@@ -306,6 +312,16 @@ LONG = "x" * 200_000
         (encode([*TRUNKS, '"\nT3\n",acc-3,std,,', "T4,acc-4,nope,,"]), 7, 3, "unknown rate deck"),
         (b"", 1, None, "empty file"),
         (b" \n\r\n\t\n", 1, None, "empty file"),
+        (b"# only a comment\n#\n", 1, None, "empty file"),
+        # lines after comments keep their numbers, whatever the comments hold
+        (encode(['#"unbalanced', "# a,b,c", *TRUNKS, "T4,acc-4,nope,,"]), 6, 3, "unknown rate"),
+        (encode(["#\x00\x1b[2J", *TRUNKS, "T4,acc-4,nope,,"]), 5, 3, "unknown rate deck"),
+        # inside a quoted cell a line starting with # is the cell's, not a comment
+        (encode([*TRUNKS, 'T3,"acc', '#3",std,,', "T4,acc-4,nope,,"]), 4, 2, "line break U+000A"),
+        (encode([*TRUNKS, 'T3,"acc', "#3", '",std,,']), 4, 2, "line break U+000A"),
+        (encode([*TRUNKS, 'T3,"acc', "#3,std,,"]), 5, None, "CSV syntax"),
+        # a header commented out is no header
+        (encode(["#" + TRUNKS[0], *TRUNKS[1:]]), 2, 1, "header"),
     ],
 )
 def test_hostile_file_shapes_are_refused_with_a_location(tmp_path, data, line, column, problem):
@@ -326,12 +342,60 @@ def test_hostile_file_shapes_are_refused_with_a_location(tmp_path, data, line, c
         encode([TRUNKS[0], '"T1\r\n",acc-1,"\tstd",,', *TRUNKS[2:]]),  # stripped to T1, std
         encode(TRUNKS).replace(b"T1,", b'"T1",'),  # quoted
         encode(TRUNKS[:1]),  # header only
+        encode(["# trunks", TRUNKS[0], "  # T9,acc-9,nope,,", " \t#", *TRUNKS[1:], "#end"]),
+        b"\xef\xbb\xbf# after a BOM\r\n" + encode(TRUNKS).replace(b"\n", b"\r\n"),
+        encode(["#\x00 \x85 \u2028 comments may hold anything", *TRUNKS]),
+        encode([*TRUNKS, '#"T3,acc-3,std,,'])[:-1],  # no final newline after a comment
+        encode(["#", *TRUNKS]).replace(b"\n", b"\r"),  # CR line ends
     ],
 )
 def test_tolerated_file_shapes(tmp_path, data):
     rd = load_checked(write_all(tmp_path, trunks=data))
     assert isinstance(rd, RefData)
     assert set(rd.trunks) <= {"T1", "T2"}
+
+
+# --------------------------------------------------------------------------- country codes
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [
+        ("UK", "'GB'"),
+        ("uk", "'GB'"),
+        ("EL", "'GR'"),
+        ("gb", "'GB'"),
+        ("DEU", "'DE'"),
+        ("276", "'DE'"),
+        ("Germany", "'DE'"),
+        ("ZZ", None),  # user-assigned, no country
+        ("EU", None),  # exceptionally reserved, not a country
+        ("FX", None),  # transitionally reserved
+        ("AN", None),  # withdrawn (Netherlands Antilles)
+        ("ＤＥ", None),  # full-width letters
+        ("D", None),
+        ("\u0130T", None),  # dotted capital I: not "IT"
+        ("X" * 5000, None),
+    ],
+)
+def test_hostile_country_codes_are_refused_at_their_cell(tmp_path, value, hint):
+    lines = [*TRUNKS, f"T3,acc-3,std,,{value}"]
+    err = load_checked(write_all(tmp_path, trunks=encode(lines)), TRUNKS_FILE)
+    assert isinstance(err, RefDataError)
+    assert (err.line, err.column, err.column_name) == (4, 5, "origin_country")
+    assert "not an ISO 3166-1 alpha-2 code" in err.message
+    if hint is None:
+        assert "use " not in err.message
+    else:
+        assert f"use {hint}" in err.message
+    assert len(str(err)) < 200
+
+
+@pytest.mark.parametrize("value", ["GB", "GR", "AX", "RE", "XK", "AC", "TA", " DE "])
+def test_country_codes_of_numbers_are_accepted(tmp_path, value):
+    rd = load_checked(write_all(tmp_path, trunks=encode([*TRUNKS, f"T3,acc-3,std,,{value}"])))
+    assert isinstance(rd, RefData)
+    assert rd.trunks["T3"].origin_country == value.strip()
 
 
 # --------------------------------------------------------------------------- hot reload
@@ -354,6 +418,7 @@ BAD_RELOADS = {
     "header only rates": ("rates", encode(RATES[:1])),  # trunks.csv names a missing deck
     "unterminated quote": ("trunks", encode([*TRUNKS, '"T3,acc,std,,'])),
     "NUL in a name": ("trunks", encode([*TRUNKS, "T3\x00,acc,std,,"])),
+    "UK for GB": ("trunks", encode([*TRUNKS, "T3,acc,std,,UK"])),
 }  # fmt: skip
 
 

@@ -145,6 +145,62 @@ def test_line_numbers_count_blank_lines(tmp_path: Path):
     assert (err.file, err.line, err.column) == ("trunks.csv", 4, 3)
 
 
+def test_comment_lines_are_ignored_in_every_file(tmp_path: Path):
+    def commented(lines: list[str]) -> list[str]:
+        # before the header, indented, between rows, holding commas, quotes and a BOM-less "#"
+        return [
+            '# operator notes: prices in USD, "UK" is GB',
+            lines[0],
+            "  # indented comment, with, commas",
+            *lines[1:],
+            '#"an unbalanced quote',
+            "#",
+        ]
+
+    plain = load_refdata(write_config(tmp_path))
+    rd = load_refdata(
+        write_config(
+            tmp_path, rates=commented(RATES), trunks=commented(TRUNKS), dids=commented(DIDS)
+        )
+    )
+    assert [r.line for r in rd.rates.rows] == [r.line + 2 for r in plain.rates.rows]
+    assert [(r.deck, r.prefix, r.rate) for r in rd.rates.rows] == [
+        (r.deck, r.prefix, r.rate) for r in plain.rates.rows
+    ]
+    assert dict(rd.trunks) == dict(plain.trunks)
+    assert dict(rd.dids) == dict(plain.dids)
+
+
+def test_line_numbers_count_comment_lines(tmp_path: Path):
+    trunks = ["# trunks of the carrier", TRUNKS[0], "# first", "T1,acc-1,std,,", "T2,acc-2,nope,,"]
+    err = load_error(tmp_path, trunks=trunks)
+    assert str(err) == "trunks.csv:5:3 (deck): unknown rate deck 'nope' (not in rates.csv)"
+    crlf = "\r\n".join(["#a", TRUNKS[0], "#b", "T1,acc-1,nope,,"]) + "\r\n"
+    write_config(tmp_path)
+    (tmp_path / "trunks.csv").write_text(crlf, encoding="utf-8", newline="")
+    with pytest.raises(RefDataError, match=r"^trunks\.csv:4:3 \(deck\)"):
+        load_refdata(tmp_path)
+
+
+def test_a_quoted_hash_is_a_row_not_a_comment(tmp_path: Path):
+    rd = load_refdata(write_config(tmp_path, trunks=[*TRUNKS, '"#5",acc-5,std,,', "T6,#x,std,,"]))
+    assert rd.trunks["#5"].account == "acc-5"
+    assert rd.trunks["T6"].account == "#x"
+
+
+def test_origin_country_is_an_iso_code(tmp_path: Path):
+    rd = load_refdata(write_config(tmp_path, trunks=[*TRUNKS, "T3,acc-3,std,,XK", "T4,a,std,,AX"]))
+    assert (rd.trunks["T3"].origin_country, rd.trunks["T4"].origin_country) == ("XK", "AX")
+    err = load_error(tmp_path, trunks=[*TRUNKS, "T3,acc-3,std,,UK"])
+    assert (err.file, err.line, err.column, err.column_name) == (
+        "trunks.csv",
+        4,
+        5,
+        "origin_country",
+    )
+    assert "'GB'" in err.message
+
+
 def test_fingerprint_follows_content(tmp_path: Path):
     a = load_refdata(write_config(tmp_path)).fingerprint
     assert load_refdata(tmp_path).fingerprint == a
@@ -216,8 +272,20 @@ BAD_CASES = [
      "trunks.csv:3:4 (replace_cli): "
      "not an E.164 number (6..15 digits, no leading 0 or +): '+442079460000'"),
     ("trunks", 2, "T2,acc-2,std,,de",
-     "trunks.csv:3:5 (origin_country): "
-     "not an ISO 3166 alpha-2 code (two uppercase letters): 'de'"),
+     "trunks.csv:3:5 (origin_country): not an ISO 3166-1 alpha-2 code: 'de'; "
+     "use 'DE' for Germany (codes are two upper-case letters)"),
+    # two upper-case letters, yet no country: the number's country is never "UK" or "ZZ"
+    ("trunks", 2, "T2,acc-2,std,,UK",
+     "trunks.csv:3:5 (origin_country): not an ISO 3166-1 alpha-2 code: 'UK'; "
+     "use 'GB' for United Kingdom (UK is a common abbreviation, not its ISO code)"),
+    ("trunks", 2, "T2,acc-2,std,,EL",
+     "trunks.csv:3:5 (origin_country): not an ISO 3166-1 alpha-2 code: 'EL'; "
+     "use 'GR' for Greece (EL is the EU's own code for it, not its ISO code)"),
+    ("trunks", 2, "T2,acc-2,std,,ZZ",
+     "trunks.csv:3:5 (origin_country): not an ISO 3166-1 alpha-2 code: 'ZZ'"),
+    ("trunks", 2, "T2,acc-2,std,,DEU",
+     "trunks.csv:3:5 (origin_country): not an ISO 3166-1 alpha-2 code: 'DEU'; "
+     "use 'DE' for Germany (DEU is its alpha-3 code)"),
     ("trunks", 2, "T2,,std,,",
      "trunks.csv:3:2 (account): must not be empty"),
     ("trunks", 0, "trunk,account,deck,origin_country,replace_cli",
