@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from pipeline.core.engine import Outcome
+from pipeline.core.model import FLAGS
 
 EVENTS = Counter("cdrpipe_events", "Messages consumed from the input topics", ["topic"])
 DLQ = Counter("cdrpipe_dlq", "Messages dead-lettered, by reason kind", ["reason"])
@@ -21,6 +22,14 @@ CDRS = Counter("cdrpipe_cdrs", "CDR versions emitted to cdr.records")
 TIMEOUTS = Counter("cdrpipe_timeouts", "Calls closed as timed out")
 ORPHANS = Counter("cdrpipe_orphans", "Orphan messages dead-lettered")
 UNRATED = Counter("cdrpipe_unrated", "CDR versions emitted without a rate")
+FLAGGED = Counter(
+    "cdrpipe_flagged",
+    "CDR versions emitted with a flag (account_mismatch, unknown_trunk, unknown_did, no_rate)",
+    ["flag"],
+)
+for _flag in FLAGS:  # every flag is exported from the start, at 0 until it happens
+    FLAGGED.labels(_flag)
+del _flag
 OPEN_CALLS = Gauge("cdrpipe_open_calls", "Calls waiting for an event in this worker")
 ASSIGNED = Gauge("cdrpipe_assigned_partitions", "Input partitions owned (after recovery)")
 RESENT = Counter("cdrpipe_resent", "CDRs and dead letters sent again after a recovery")
@@ -63,6 +72,8 @@ def record_products(outcome: Outcome) -> None:
             UNRATED.inc()
         if cdr.timed_out:
             TIMEOUTS.inc()
+        for flag in cdr.flags:
+            FLAGGED.labels(flag).inc()
         EMIT_LATENCY.observe(max(0.0, (now - cdr.end_time).total_seconds()))
     for dead in outcome.dead:
         DLQ.labels(dead.kind).inc()

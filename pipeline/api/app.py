@@ -51,6 +51,7 @@ from pipeline.api.queries import (
     encode_cursor,
     page_cdrs,
 )
+from pipeline.core.model import Flag
 from pipeline.store.client import Client, StoreError, connect
 from pipeline.store.queries import CdrFilter
 
@@ -154,6 +155,7 @@ class FilterArgs:
     status: str | None
     rated: bool | None
     timed_out: bool | None
+    flag: str | None
 
 
 _TIME_HELP = (
@@ -203,6 +205,13 @@ def _filter_args(
     timed_out: Annotated[
         bool | None, Query(description="only calls closed as timed out (true) or not (false)")
     ] = None,
+    flag: Annotated[
+        Flag | None,
+        Query(
+            description="only calls carrying this flag: account_mismatch, or why a call is"
+            " unrated (unknown_trunk, unknown_did, no_rate)"
+        ),
+    ] = None,
 ) -> FilterArgs:
     return FilterArgs(
         direction,
@@ -215,6 +224,7 @@ def _filter_args(
         status,
         rated,
         timed_out,
+        flag,
     )
 
 
@@ -246,6 +256,7 @@ def scoped_filter(principal: Principal, args: FilterArgs, max_days: int) -> CdrF
             destination=args.destination,
             cdr_type=args.cdr_type,
             status=args.status,
+            flag=args.flag,
         )
     except ValueError as ex:
         raise ApiError(400, "bad_request", _bad_time_message(str(ex))) from None
@@ -427,19 +438,30 @@ def create_app(
             **_CSV_ERRORS,
         },
     )
-    async def export_csv(request: Request, principal: PrincipalDep, args: FilterDep) -> CsvResponse:
+    async def export_csv(
+        request: Request,
+        principal: PrincipalDep,
+        args: FilterDep,
+        excel: Annotated[
+            bool,
+            Query(description="for Excel: a UTF-8 byte order mark and CRLF line ends"),
+        ] = False,
+    ) -> CsvResponse:
         """Every CDR matching the filters as CSV in the Call Logs layout of the direction,
-        byte for byte what `cdrpipe export` writes. Streamed in chunks: memory stays flat."""
+        byte for byte what `cdrpipe export` writes. Streamed in chunks: memory stays flat.
+        An empty amount cell means "not used or not rated" (the list tells them apart)."""
         flt = scoped_filter(principal, args, request.app.state.max_days)
         store = shared(request)
         # The first chunk is read before answering, so a store failure is still a clean 503.
-        first = await store.call(csv_chunk, flt, export_chunk_rows, None)
+        first = await store.call(csv_chunk, flt, export_chunk_rows, None, excel=excel)
 
         def body() -> Iterator[bytes]:
             data, count, after = first
-            yield csv_header(flt) + data
+            yield csv_header(flt, excel=excel) + data
             while count == export_chunk_rows:
-                data, count, after = store.run(csv_chunk, flt, export_chunk_rows, after)
+                data, count, after = store.run(
+                    csv_chunk, flt, export_chunk_rows, after, excel=excel
+                )
                 if data:
                     yield data
 

@@ -15,7 +15,10 @@ Definitions (docs/API.md repeats them):
 * billed seconds / minutes: outbound Billing Duration (inbound CDRs have none: null);
 * charged: outbound Charged, inbound the sum of the toll-free, termination and metered amounts;
   unrated calls add nothing to it;
-* unrated, timed out: CDRs with those bookkeeping flags.
+* unrated, timed out: CDRs with those bookkeeping flags;
+* account_mismatch: CDRs whose event named another account than the owner of the trunk or
+  DID (stored under the owner's); unknown_trunk, unknown_did, no_rate, unrated_timed_out: the
+  unrated CDRs by reason (`pipeline.store.queries.FLAG_COUNTS`).
 
 Ratios are rounded half-up (percentages to 2 places, ACD to 1) and null when their denominator
 is 0; money is an exact Decimal with 6 places.
@@ -30,7 +33,7 @@ from typing import Any, Literal
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from pipeline.store.client import Client, StoreError
-from pipeline.store.queries import CdrFilter, _where
+from pipeline.store.queries import FLAG_COUNTS, CdrFilter, _where
 
 __all__ = ["GROUPS", "MAX_GROUPS", "GroupBy", "KpiReport", "KpiRow", "kpis"]
 
@@ -75,6 +78,11 @@ class KpiRow:
     charged: Decimal
     unrated: int
     timed_out: int
+    account_mismatch: int = 0
+    unknown_trunk: int = 0
+    unknown_did: int = 0
+    no_rate: int = 0
+    unrated_timed_out: int = 0
 
     @property
     def asr_pct(self) -> Decimal | None:
@@ -114,6 +122,11 @@ class KpiRow:
             charged=self.charged + other.charged,
             unrated=self.unrated + other.unrated,
             timed_out=self.timed_out + other.timed_out,
+            account_mismatch=self.account_mismatch + other.account_mismatch,
+            unknown_trunk=self.unknown_trunk + other.unknown_trunk,
+            unknown_did=self.unknown_did + other.unknown_did,
+            no_rate=self.no_rate + other.no_rate,
+            unrated_timed_out=self.unrated_timed_out + other.unrated_timed_out,
         )
 
 
@@ -146,7 +159,8 @@ def _query(client: Client, flt: CdrFilter, group_by: str, limit: int | None) -> 
         " countIf(status IN ('answered', 'busy', 'no-answer') OR disconnect_code = 603),"
         f" sum(duration), {_BILLED[flt.direction]}, {_CHARGED[flt.direction]},"
         " countIf(NOT rated), countIf(timed_out)"
-        f" FROM {flt.table} FINAL WHERE {where}"
+        + "".join(f", countIf({cond})" for cond in FLAG_COUNTS.values())
+        + f" FROM {flt.table} FINAL WHERE {where}"
     )
     if group_by != "none":
         sql += f" GROUP BY k ORDER BY {order}"
@@ -158,7 +172,9 @@ def _query(client: Client, flt: CdrFilter, group_by: str, limit: int | None) -> 
     except ClickHouseError as ex:
         raise StoreError(f"KPI query failed: {ex}") from ex
     out = []
-    for key, attempts, answered, delivered, seconds, billed, charged, unrated, timed_out in rows:
+    for row in rows:
+        key, attempts, answered, delivered, seconds, billed, charged, unrated, timed_out = row[:9]
+        mismatch, unknown_trunk, unknown_did, no_rate, unrated_timed_out = row[9:]
         if attempts == 0:  # an aggregate without GROUP BY over no rows
             continue
         out.append(
@@ -172,6 +188,11 @@ def _query(client: Client, flt: CdrFilter, group_by: str, limit: int | None) -> 
                 charged=(Decimal(0) if charged is None else Decimal(charged)).quantize(_MICRO),
                 unrated=int(unrated),
                 timed_out=int(timed_out),
+                account_mismatch=int(mismatch),
+                unknown_trunk=int(unknown_trunk),
+                unknown_did=int(unknown_did),
+                no_rate=int(no_rate),
+                unrated_timed_out=int(unrated_timed_out),
             )
         )
     return out

@@ -26,6 +26,7 @@ __all__ = [
     "cdr_out",
     "filter_out",
     "kpi_out",
+    "unrated_fields",
 ]
 
 
@@ -59,6 +60,7 @@ class AppliedFilter(BaseModel):
     status: str | None
     rated: bool | None
     timed_out: bool | None
+    flag: str | None
 
 
 class CdrOut(BaseModel):
@@ -92,6 +94,14 @@ class CdrOut(BaseModel):
     metered_amount: str | None
     rated: bool
     timed_out: bool
+    flags: list[str] = Field(
+        description="account_mismatch (stored under the trunk's or DID's owner), unknown_trunk,"
+        " unknown_did, no_rate (the last three: why the call is unrated)"
+    )
+    unrated_fields: list[str] = Field(
+        description="fields left empty because the call is not rated; any other empty amount"
+        " is a service not used (the CSV cannot tell the two apart)"
+    )
     revision: int
 
 
@@ -120,6 +130,13 @@ class KpiRowOut(BaseModel):
     charged: str = Field(description="USD, exact, 6 decimals")
     unrated: int
     timed_out: int
+    account_mismatch: int = Field(
+        description="CDRs whose event named another account than the trunk's or DID's owner"
+    )
+    unknown_trunk: int = Field(description="unrated: outbound trunk not in the reference data")
+    unknown_did: int = Field(description="unrated: DID not in the reference data")
+    no_rate: int = Field(description="unrated: no rate row matched")
+    unrated_timed_out: int = Field(description="unrated: closed as timed out")
 
 
 class KpiOut(BaseModel):
@@ -138,6 +155,32 @@ def _iso(value: datetime | None) -> str | None:
 
 def _money(value: Decimal | None) -> str | None:
     return None if value is None else format(value.quantize(Decimal("0.000001")), "f")
+
+
+# Fields that a rated call fills and an unrated one may leave empty, per direction.
+_RATED_FIELDS: dict[str, tuple[str, ...]] = {
+    "outbound": ("billing_duration", "rate", "charged"),
+    "inbound": ("toll_free_amount", "termination_amount", "metered_amount"),
+}
+
+
+def unrated_fields(c: CDR) -> list[str]:
+    """The empty fields of `c` that are empty because it is not rated, not because the service
+    was not used. An inbound call whose only reason is ``no_rate`` (its PSTN termination found
+    no rate) keeps the toll-free and metered amounts that could be computed, so there only the
+    termination amount is unrated; for any other reason (unknown DID, timed out, or none
+    recorded) no empty amount can be trusted to mean "not used"."""
+    if c.rated:
+        return []
+    names = _RATED_FIELDS[c.direction]
+    if (
+        c.direction == "inbound"
+        and "no_rate" in c.flags
+        and "unknown_did" not in c.flags
+        and not c.timed_out
+    ):
+        names = ("termination_amount",)
+    return [name for name in names if getattr(c, name) is None]
 
 
 def cdr_out(c: CDR) -> CdrOut:
@@ -170,6 +213,8 @@ def cdr_out(c: CDR) -> CdrOut:
         metered_amount=_money(c.metered_amount),
         rated=c.rated,
         timed_out=c.timed_out,
+        flags=list(c.flags),
+        unrated_fields=unrated_fields(c),
         revision=c.revision,
     )
 
@@ -186,6 +231,7 @@ def filter_out(f: CdrFilter) -> AppliedFilter:
         status=f.status,
         rated=f.rated,
         timed_out=f.timed_out,
+        flag=f.flag,
     )
 
 
@@ -208,6 +254,11 @@ def _row(r: KpiRow) -> KpiRowOut:
         charged=format(r.charged, "f"),
         unrated=r.unrated,
         timed_out=r.timed_out,
+        account_mismatch=r.account_mismatch,
+        unknown_trunk=r.unknown_trunk,
+        unknown_did=r.unknown_did,
+        no_rate=r.no_rate,
+        unrated_timed_out=r.unrated_timed_out,
     )
 
 

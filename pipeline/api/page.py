@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from pipeline.store.export import HEADERS
-from pipeline.store.queries import CDR_TYPES, STATUSES
+from pipeline.store.queries import CDR_TYPES, FLAGS, STATUSES
 
 __all__ = ["STATIC_DIR", "mount_static", "render", "router"]
 
@@ -36,6 +36,12 @@ def _options(values: tuple[str, ...], blank: str) -> str:
     return "".join(items)
 
 
+def _flag_options() -> str:
+    items = ['<option value="">Any</option>']
+    items += [f'<option value="{escape(v)}">{escape(v.replace("_", " "))}</option>' for v in FLAGS]
+    return "".join(items)
+
+
 def _header_row(direction: str) -> str:
     return "".join(f"<th>{escape(h)}</th>" for h in HEADERS[direction])
 
@@ -45,6 +51,7 @@ def render() -> str:
     return _TEMPLATE.format(
         types=_options(CDR_TYPES, "Any type"),
         statuses=_options(STATUSES, "Any status"),
+        flags=_flag_options(),
         outbound_head=_header_row("outbound"),
         inbound_head=_header_row("inbound"),
     )
@@ -115,6 +122,11 @@ _TEMPLATE = """<!doctype html>
       placeholder="number prefix"></label>
     <label>CDR Type <select name="type" id="f-type">{types}</select></label>
     <label>Status <select name="status" id="f-status">{statuses}</select></label>
+    <label>Rating <select name="rated" id="f-rated">
+      <option value="">Any</option><option value="true">rated</option>
+      <option value="false">unrated</option>
+    </select></label>
+    <label>Flag <select name="flag" id="f-flag">{flags}</select></label>
     <label>Rows <select name="limit" id="f-limit">
       <option>25</option><option selected>100</option><option>500</option><option>1000</option>
     </select></label>
@@ -137,6 +149,7 @@ _TEMPLATE = """<!doctype html>
     <div class="tile"><span>Charged (USD)</span><b id="k-charged">-</b></div>
     <div class="tile"><span>Unrated</span><b id="k-unrated">-</b></div>
     <div class="tile"><span>Timed out</span><b id="k-timedout">-</b></div>
+    <div class="tile"><span>Account mismatch</span><b id="k-mismatch">-</b></div>
   </section>
 
   <section class="chart">
@@ -150,7 +163,10 @@ _TEMPLATE = """<!doctype html>
   <section class="results">
     <div class="bar">
       <span id="summary">-</span>
-      <button type="button" id="export">Export CSV</button>
+      <span class="export">
+        <label><input type="checkbox" id="excel"> for Excel</label>
+        <button type="button" id="export">Export CSV</button>
+      </span>
     </div>
     <div class="scroll">
       <table id="results">
@@ -159,6 +175,10 @@ _TEMPLATE = """<!doctype html>
         <tbody id="rows"></tbody>
       </table>
     </div>
+    <p class="legend">Rows marked <span class="badge">unrated</span> or
+      <span class="badge">account mismatch</span> carry flags (hover a row for the reasons).
+      A field the call could not be rated for shows <i class="unrated-sample">unrated</i>;
+      an inbound amount left empty is a service not used. In the CSV both are empty cells.</p>
     <div class="pager">
       <button type="button" id="prev" class="secondary" disabled>Previous</button>
       <span id="page-no">Page 1</span>

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -32,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipeline.core.model import CDR
 from pipeline.store.client import Client
-from pipeline.store.export import write_cdrs
+from pipeline.store.export import csv_bytes
 from pipeline.store.queries import CdrFilter, select_cdrs
 
 __all__ = [
@@ -148,24 +147,24 @@ def decode_cursor(text: str) -> Key:
     return when, call_id
 
 
-def csv_header(flt: CdrFilter) -> bytes:
-    """The header line of the direction's seed layout, as `cdrpipe export` writes it."""
-    buf = io.StringIO()
-    write_cdrs(flt.direction, (), buf)
-    return buf.getvalue().encode("utf-8")
+def csv_header(flt: CdrFilter, *, excel: bool = False) -> bytes:
+    """The start of the file as `cdrpipe export` writes it: the header line of the direction's
+    seed layout (for Excel: after a byte order mark, ending in CRLF)."""
+    return csv_bytes(flt.direction, (), excel=excel)[0]
 
 
 CsvChunk = tuple[bytes, int, Key | None]
 
 
-def csv_chunk(client: Client, flt: CdrFilter, rows: int, after: Key | None) -> CsvChunk:
+def csv_chunk(
+    client: Client, flt: CdrFilter, rows: int, after: Key | None, *, excel: bool = False
+) -> CsvChunk:
     """The next up to `rows` CSV lines after `after`: (bytes, row count, cursor of the last
     row). Rows become text as they stream in, so only the chunk's text is held, not CDRs.
 
-    The lines come from `write_cdrs` itself, the writer of ``cdrpipe export``, so the two
-    cannot drift apart; its header line (one line: no header cell holds a line break) is cut.
+    The lines come from `csv_bytes` itself, the writer of ``cdrpipe export``, so the two
+    cannot drift apart.
     """
-    buf = io.StringIO()
     last: list[CDR] = []
 
     def tracked() -> Iterator[CDR]:
@@ -173,8 +172,6 @@ def csv_chunk(client: Client, flt: CdrFilter, rows: int, after: Key | None) -> C
             yield cdr
             last[:] = [cdr]
 
-    count = write_cdrs(flt.direction, tracked(), buf)
-    text = buf.getvalue()
-    body = text[text.index("\n") + 1 :]
+    data, count = csv_bytes(flt.direction, tracked(), excel=excel, header=False)
     key = (last[0].start_time, last[0].id) if last else None
-    return body.encode("utf-8"), count, key
+    return data, count, key

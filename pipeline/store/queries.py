@@ -19,13 +19,15 @@ from typing import Any, get_args
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from pipeline.core.model import CDR, CdrType, Direction, Status
+from pipeline.core.model import CDR, FLAGS, CdrType, Direction, Flag, Status
 from pipeline.store.client import COLUMNS, TABLES, StoreError
 
 __all__ = [
     "CDR_TYPES",
     "DIRECTIONS",
+    "FLAGS",
     "STATUSES",
+    "FLAG_COUNTS",
     "CdrFilter",
     "Totals",
     "count_cdrs",
@@ -73,7 +75,8 @@ class CdrFilter:
     are UTC and a date means its midnight UTC. ``account`` matches exactly. ``source`` and
     ``destination`` are prefix matches on the digits; for inbound calls ``destination`` also
     matches the DID, the number the caller dialled, since the destination is a URI there.
-    ``rated`` and ``timed_out`` select on the bookkeeping flags (e.g. calls to re-rate).
+    ``rated`` and ``timed_out`` select on the bookkeeping flags (e.g. calls to re-rate);
+    ``flag`` keeps the CDRs carrying that flag (one of `FLAGS`, e.g. ``account_mismatch``).
     """
 
     direction: Direction
@@ -86,9 +89,12 @@ class CdrFilter:
     status: Status | None = None
     rated: bool | None = None
     timed_out: bool | None = None
+    flag: Flag | None = None
 
     def __post_init__(self) -> None:
         _choice(self.direction, "direction", DIRECTIONS)
+        if self.flag is not None:
+            _choice(self.flag, "flag", FLAGS)
         if self.cdr_type is not None:
             _choice(self.cdr_type, "cdr_type", CDR_TYPES)
         if self.status is not None:
@@ -123,6 +129,7 @@ class CdrFilter:
         destination: str | None = None,
         cdr_type: str | None = None,
         status: str | None = None,
+        flag: str | None = None,
     ) -> CdrFilter:
         """Build a filter from command-line / query-string text; empty text means no filter.
 
@@ -153,6 +160,7 @@ class CdrFilter:
             destination=text(destination),
             cdr_type=text(cdr_type),  # type: ignore[arg-type]
             status=text(status),  # type: ignore[arg-type]
+            flag=text(flag),  # type: ignore[arg-type]
         )
 
     @property
@@ -197,6 +205,9 @@ def _where(flt: CdrFilter) -> tuple[str, dict[str, Any]]:
     if flt.timed_out is not None:
         clauses.append("timed_out = {timed_out:Bool}")
         params["timed_out"] = flt.timed_out
+    if flt.flag is not None:
+        clauses.append("has(flags, {flag:String})")
+        params["flag"] = flt.flag
     return " AND ".join(clauses), params
 
 
@@ -252,7 +263,9 @@ def _stream(client: Client, sql: str, params: dict[str, Any]) -> Iterator[CDR]:
         ) as stream:
             for block in stream:
                 for row in block:
-                    yield CDR(*row)
+                    cdr = CDR(*row)
+                    cdr.flags = tuple(cdr.flags)  # an Array arrives as a list
+                    yield cdr
     except ClickHouseError as ex:
         raise StoreError(f"CDR query failed: {ex}") from ex
 
@@ -264,14 +277,32 @@ def count_cdrs(client: Client, flt: CdrFilter) -> int:
     return int(_one_row(client, sql, params)[0])
 
 
+#: Counts of flagged CDRs that `totals` and the KPIs report: name -> condition (code constants).
+#: ``account_mismatch`` is stored under the trunk's or DID's owner; the other four say why a
+#: CDR is unrated (a CDR may have more than one reason, e.g. timed out and unknown trunk).
+FLAG_COUNTS: dict[str, str] = {
+    "account_mismatch": "has(flags, 'account_mismatch')",
+    "unknown_trunk": "has(flags, 'unknown_trunk')",
+    "unknown_did": "has(flags, 'unknown_did')",
+    "no_rate": "has(flags, 'no_rate')",
+    "unrated_timed_out": "timed_out AND NOT rated",
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Totals:
     """Summary of the CDRs matching a filter. Money sums are exact Decimals; the amounts that
-    belong to the other direction are None."""
+    belong to the other direction are None. ``unknown_trunk``, ``unknown_did``, ``no_rate``
+    and ``unrated_timed_out`` count the unrated CDRs by reason (see `FLAG_COUNTS`)."""
 
     count: int
     unrated: int
     timed_out: int
+    account_mismatch: int = 0
+    unknown_trunk: int = 0
+    unknown_did: int = 0
+    no_rate: int = 0
+    unrated_timed_out: int = 0
     charged: Decimal | None = None
     toll_free_amount: Decimal | None = None
     termination_amount: Decimal | None = None
@@ -279,20 +310,38 @@ class Totals:
 
 
 def totals(client: Client, flt: CdrFilter) -> Totals:
-    """Count, unrated count, timed-out count and money sums of the CDRs matching `flt`."""
+    """Count, unrated and timed-out counts, flag counts and money sums of the CDRs matching
+    `flt`."""
     where, params = _where(flt)
     money = _MONEY[flt.direction]
+    counts = "".join(f", countIf({cond})" for cond in FLAG_COUNTS.values())
     sums = "".join(f", sum({name})" for name in money)
     sql = (
-        f"SELECT count(), countIf(NOT rated), countIf(timed_out){sums}"
+        f"SELECT count(), countIf(NOT rated), countIf(timed_out){counts}{sums}"
         f" FROM {flt.table} FINAL WHERE {where}"
     )
     row = _one_row(client, sql, params)
+    count, unrated, timed_out, mismatch, unknown_trunk, unknown_did, no_rate, unrated_timed_out = (
+        int(n) for n in row[:8]
+    )
     amounts = {
         name: Decimal(0) if value is None else Decimal(value)
-        for name, value in zip(money, row[3:], strict=True)
+        for name, value in zip(money, row[8:], strict=True)
     }
-    return Totals(count=int(row[0]), unrated=int(row[1]), timed_out=int(row[2]), **amounts)
+    return Totals(
+        count=count,
+        unrated=unrated,
+        timed_out=timed_out,
+        account_mismatch=mismatch,
+        unknown_trunk=unknown_trunk,
+        unknown_did=unknown_did,
+        no_rate=no_rate,
+        unrated_timed_out=unrated_timed_out,
+        charged=amounts.get("charged"),
+        toll_free_amount=amounts.get("toll_free_amount"),
+        termination_amount=amounts.get("termination_amount"),
+        metered_amount=amounts.get("metered_amount"),
+    )
 
 
 def _one_row(client: Client, sql: str, params: dict[str, Any]) -> tuple[Any, ...]:

@@ -1,7 +1,7 @@
 """One embedded store for the whole API test package, built once:
 
 * realistic traffic: simulated events run through `cdrpipe replay` (accounts acc-1001..1004);
-* the hand-computed fixed dataset (accounts kpi-a, kpi-b, evil), written with CdrWriter;
+* the hand-computed fixed dataset (accounts kpi-a, kpi-b, evil, kpi-f), written with CdrWriter;
 * 200,000 synthetic rows of account ``bulk`` spread over 55 days, inserted in SQL, so that
   deep pages have something to be deep in.
 
@@ -40,7 +40,7 @@ class Env:
     dsn: str
     client: Client
     keys_path: Path
-    keys: dict[str, str]  # who -> key: admin, acc-1001, kpi-a, kpi-b
+    keys: dict[str, str]  # who -> key: admin, acc-1001, kpi-a, kpi-b, kpi-f
     window: tuple[datetime, datetime]  # covers all simulated and fixed CDRs
 
     def params(self, **extra: Any) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     keys_path = root / "keys.json"
     keys = {
         "admin": create_key(keys_path, admin=True, label="tests")[0],
-        **{a: create_key(keys_path, account=a)[0] for a in ("acc-1001", "kpi-a", "kpi-b")},
+        **{a: create_key(keys_path, account=a)[0] for a in ("acc-1001", "kpi-a", "kpi-b", "kpi-f")},
     }
     client = connect(dsn)
     try:

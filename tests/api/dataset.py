@@ -1,8 +1,9 @@
 """A small fixed set of CDRs whose KPIs are worked out by hand in test_kpi.py.
 
 Times are relative to today (UTC): rows older than two months vanish by TTL. Accounts:
-``kpi-a`` (the hand-computed one), ``kpi-b`` (must never show up for kpi-a) and ``evil``
-(text that a spreadsheet would run as a formula, and odd unicode).
+``kpi-a`` (the hand-computed one), ``kpi-b`` (must never show up for kpi-a), ``evil``
+(text that a spreadsheet would run as a formula, and odd unicode) and ``kpi-f`` (flagged and
+unrated calls of every kind, counted by hand in test_flags.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def _out(
     cdr_type: str = "International",
     rated: bool = True,
     timed_out: bool = False,
+    flags: tuple[str, ...] = (),
     source: str = "12025550100",
     destination: str = "442071234567",
     cli: str | None = None,
@@ -70,6 +72,7 @@ def _out(
         charged=charged,
         rated=rated,
         timed_out=timed_out,
+        flags=flags,
     )
 
 
@@ -87,6 +90,8 @@ def _in(
     source: str = "4930123456",
     did: str = "18005550100",
     destination: str = "sip:pbx@example.com",
+    rated: bool = True,
+    flags: tuple[str, ...] = (),
 ) -> CDR:
     connected = status == "answered"
     return CDR(
@@ -112,6 +117,8 @@ def _in(
         toll_free_amount=toll_free,
         termination_amount=termination,
         metered_amount=metered,
+        rated=rated,
+        flags=flags,
     )
 
 
@@ -265,5 +272,115 @@ def fixed_cdrs() -> list[CDR]:
             toll_free=D("0.002917"),
             source="\r123",
             destination="sip:=cmd@example.com;ü=☎",
+        ),
+        *flagged_cdrs(d1, d2),
+    ]
+
+
+def flagged_cdrs(d1: datetime, d2: datetime) -> list[CDR]:
+    """Account kpi-f: outbound f1..f5 (f1 and f5 account_mismatch; f2 unknown_trunk; f3 and f5
+    no_rate; f4 timed out and unrated), inbound fi1..fi3 (fi1 unknown_did; fi2 no_rate on its
+    PSTN termination, toll-free rated, metered not used; fi3 account_mismatch, rated)."""
+    h = timedelta(hours=1)
+    return [
+        _out(
+            "f1",
+            "kpi-f",
+            d1 + 16 * h,
+            "answered",
+            duration=20,
+            billing=60,
+            charged=D("0.012300"),
+            trunk="KF1",
+            flags=("account_mismatch",),
+        ),
+        _out(
+            "f2",
+            "kpi-f",
+            d1 + 17 * h,
+            "answered",
+            duration=40,
+            billing=None,
+            rate=None,
+            charged=None,
+            rated=False,
+            trunk="KF-unknown",
+            flags=("unknown_trunk",),
+        ),
+        _out(
+            "f3",
+            "kpi-f",
+            d2 + 16 * h,
+            "answered",
+            duration=50,
+            billing=None,
+            rate=None,
+            charged=None,
+            rated=False,
+            trunk="KF1",
+            destination="8881234567",
+            flags=("no_rate",),
+        ),
+        _out(
+            "f4",
+            "kpi-f",
+            d2 + 17 * h,
+            "answered",
+            duration=14_400,
+            billing=None,
+            rate=None,
+            charged=None,
+            rated=False,
+            timed_out=True,
+            code=None,
+            reason="Timed out",
+            trunk="KF1",
+        ),
+        _out(
+            "f5",
+            "kpi-f",
+            d2 + 18 * h,
+            "busy",
+            code=486,
+            reason="Busy Here",
+            billing=None,
+            rate=None,
+            charged=None,
+            rated=False,
+            trunk="KF1",
+            destination="8881234568",
+            flags=("account_mismatch", "no_rate"),
+        ),
+        _in(
+            "fi1",
+            "kpi-f",
+            d1 + 16 * h,
+            "answered",
+            duration=30,
+            did="18005559999",
+            rated=False,
+            flags=("unknown_did",),
+        ),
+        _in(
+            "fi2",
+            "kpi-f",
+            d2 + 16 * h,
+            "answered",
+            duration=60,
+            did="18005550102",
+            destination="tel:+4930123999",
+            toll_free=D("0.010000"),
+            rated=False,
+            flags=("no_rate",),
+        ),
+        _in(
+            "fi3",
+            "kpi-f",
+            d2 + 17 * h,
+            "answered",
+            duration=12,
+            did="18005550103",
+            toll_free=D("0.005000"),
+            flags=("account_mismatch",),
         ),
     ]

@@ -169,6 +169,47 @@ def test_call_logs_page(server: str, browser, env: Env, tmp_path: Path):
     expect(page.locator("#head-outbound")).to_be_hidden()
     expect(page.locator("#rows tr").first).to_be_visible()
     assert page.locator("#head-inbound th").count() == 13
+
+    # flags: account kpi-f holds flagged and unrated calls of every kind (tests/api/dataset.py)
+    page.select_option("#f-status", "")
+    page.click("#tab-outbound")
+    page.click("#signout")
+    page.fill("#key-input", env.keys["kpi-f"])
+    page.click("#key-submit")
+    f2 = page.locator('#rows tr[data-id="fx-f2"]')
+    expect(f2).to_be_visible()
+    expect(page.locator("#k-mismatch")).to_have_text("2")
+    expect(page.locator("#k-unrated")).to_have_text("4")
+    assert "no rate: 2" in page.get_attribute("#k-unrated >> xpath=..", "title")
+    assert f2.get_attribute("data-rated") == "false"
+    assert "trunk is not in the reference data" in f2.get_attribute("title")
+    after = "td => getComputedStyle(td, '::after').content"
+    assert f2.locator("td").first.evaluate(after) == '"unrated"'
+    f5_first = page.locator('#rows tr[data-id="fx-f5"] td').first
+    assert f5_first.evaluate(after) == '"unrated · account mismatch"'
+    charged = f2.locator("td").nth(11)  # Charged (USD): empty text, marked unrated
+    assert charged.text_content() == "" and charged.evaluate(after) == '"unrated"'
+    page.screenshot(path=str(ARTIFACTS / "call-logs-flags.png"), full_page=True)
+    page.select_option("#f-flag", "account_mismatch")
+    page.click("#apply")
+    expect(page.locator("#rows tr")).to_have_count(2)
+    ids = page.eval_on_selector_all("#rows tr", "rows => rows.map(r => r.dataset.id)")
+    assert ids == ["fx-f1", "fx-f5"]
+    # inbound: an amount that could not be rated is told apart from a service not used
+    page.select_option("#f-flag", "")
+    page.click("#tab-inbound")
+    fi2 = page.locator('#rows tr[data-id="fx-fi2"] td')
+    expect(fi2.first).to_be_visible()
+    amounts = [fi2.nth(i).get_attribute("class") for i in (10, 11, 12)]
+    assert amounts == [None, "unrated", "unused"]
+    assert [fi2.nth(i).text_content() for i in (10, 11, 12)] == ["0.010000", "", ""]
+    # the Excel form of the export
+    page.check("#excel")
+    with page.expect_download() as info:
+        page.click("#export")
+    excel = Path(info.value.path()).read_bytes()
+    assert excel.startswith(b"\xef\xbb\xbf") and excel.count(b"\r\n") == 4  # header + 3
+
     assert foreign == []
     assert errors == []
     context.close()

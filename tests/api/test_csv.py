@@ -44,6 +44,8 @@ def cli_export(env: Env, params: dict, out: Path) -> bytes:
     for name, option in OPTION.items():
         if params.get(name):
             argv += [option, params[name]]
+    if params.get("excel") == "true":
+        argv.append("--excel")
     assert cli_main(argv) == 0
     return out.read_bytes()
 
@@ -136,3 +138,59 @@ def test_empty_export_is_just_the_header(api, env: Env):
     )
     assert r.status_code == 200
     assert r.text == ",".join(INBOUND_HEADER) + "\n"
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+def test_excel_export_has_a_bom_and_crlf(api, env: Env, direction):
+    query = env.params(direction=direction)
+    key = auth(env.keys["kpi-a"])
+    plain = api.get("/api/v1/cdrs.csv", params=query, headers=key).content
+    excel = api.get("/api/v1/cdrs.csv", params={**query, "excel": "true"}, headers=key)
+    assert excel.status_code == 200 and excel.headers["content-type"].startswith("text/csv")
+    # the default stays plain UTF-8 with LF line ends
+    assert not plain.startswith(BOM) and b"\r" not in plain
+    body = excel.content
+    assert body.startswith(BOM) and body.count(BOM) == 1
+    lines = body[len(BOM) :].split(b"\r\n")
+    assert lines[-1] == b"" and all(b"\n" not in line for line in lines)
+    # the same cells, line for line
+    assert b"\n".join(lines) == plain
+    assert len(lines) - 1 == plain.count(b"\n") > 1
+
+
+@pytest.mark.parametrize("params", CASES[:2] + CASES[7:9], ids=lambda p: "-".join(p.values()))
+def test_excel_export_equals_cdrpipe_export_excel(api, env: Env, params, tmp_path: Path):
+    query = {**env.params(**params), "excel": "true"}
+    r = api.get("/api/v1/cdrs.csv", params=query, headers=auth(env.keys["admin"]))
+    assert r.status_code == 200
+    assert r.content == cli_export(env, query, tmp_path / "excel.csv")
+
+
+def test_excel_export_in_small_chunks_is_identical(env: Env):
+    """The byte order mark comes once, before the header, however many chunks follow."""
+    query = {**env.params(direction="outbound", account="acc-1001"), "excel": "true"}
+    key = auth(env.keys["admin"])
+    with TestClient(create_app(env.client, env.keys_path, export_chunk_rows=7)) as small:
+        chunked = small.get("/api/v1/cdrs.csv", params=query, headers=key).content
+    with TestClient(create_app(env.client, env.keys_path)) as whole:
+        single = whole.get("/api/v1/cdrs.csv", params=query, headers=key).content
+    assert chunked == single and chunked.startswith(BOM) and chunked.count(BOM) == 1
+    assert chunked.count(b"\r\n") > 300
+
+
+def test_excel_export_reads_back_cell_for_cell(api, env: Env):
+    """A cell holding a bare CR is quoted in the Excel form, so a CSV reader (and Excel) keeps
+    it in its cell, unlike the plain LF form."""
+    r = api.get(
+        "/api/v1/cdrs.csv",
+        params={**env.params(direction="inbound", account="evil"), "excel": "true"},
+        headers=auth(env.keys["admin"]),
+    )
+    rows = list(csv.reader(io.StringIO(r.content.decode("utf-8-sig"), newline="")))
+    assert rows[0] == INBOUND_HEADER
+    (row,) = rows[1:]
+    assert row[INBOUND_HEADER.index("Source")] == "'\r123"
+    assert row[INBOUND_HEADER.index("Destination")] == "sip:=cmd@example.com;ü=☎"

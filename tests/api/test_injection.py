@@ -58,9 +58,10 @@ CASES = [
     *[(param, path) for param in ("account", "source", "destination") for path in ENDPOINTS],
     *[
         (param, "/api/v1/kpis")
-        for param in ("from", "to", "type", "status", "rated", "timed_out", "group_by")
+        for param in ("from", "to", "type", "status", "rated", "timed_out", "flag", "group_by")
     ],
     ("cursor", "/api/v1/cdrs"),
+    ("excel", "/api/v1/cdrs.csv"),
     ("limit", "/api/v1/cdrs"),
 ]
 

@@ -58,3 +58,13 @@ def test_openapi_is_served_and_docs_need_no_cdn(api):
 
 def test_healthz(api):
     assert api.get("/healthz").json() == {"status": "ok"}
+
+
+def test_page_offers_flags_rating_and_excel(api):
+    html = api.get("/call-logs").text
+    for flag in ("account_mismatch", "unknown_trunk", "unknown_did", "no_rate"):
+        assert f'<option value="{flag}">' in html
+    assert 'id="f-flag"' in html and 'id="f-rated"' in html
+    assert '<option value="false">unrated</option>' in html
+    assert 'id="k-mismatch"' in html
+    assert '<input type="checkbox" id="excel"> for Excel' in html

@@ -65,7 +65,8 @@
   function readFilters() {
     const p = new URLSearchParams();
     p.set("direction", state.direction);
-    for (const name of ["from", "to", "account", "source", "destination", "type", "status"]) {
+    for (const name of ["from", "to", "account", "source", "destination", "type", "status",
+      "rated", "flag"]) {
       const value = $(`f-${name}`).value.trim();
       if (value) p.set(name, value);
     }
@@ -86,29 +87,75 @@
   const text = (v) => (v === null || v === undefined ? "" : String(v));
   const initiator = (v) => (v ? v.charAt(0).toUpperCase() + v.slice(1) : "");
 
-  const COLUMNS = {
-    outbound: (c) => [time(c.start_time), time(c.connect_time), time(c.end_time), c.source,
-      c.cli, c.destination, c.duration, c.billing_duration, c.disconnect_code,
-      c.disconnect_reason, c.rate, c.charged, c.cdr_type, c.country_name, c.network_name,
-      c.trunk],
-    inbound: (c) => [time(c.start_time), time(c.connect_time), time(c.end_time), c.source,
-      c.did, c.destination, c.duration, initiator(c.disconnect_initiator), c.disconnect_code,
-      c.disconnect_reason, c.toll_free_amount, c.termination_amount, c.metered_amount],
+  // Each layout's columns as CDR fields, in the seed's order.
+  const FIELDS = {
+    outbound: ["start_time", "connect_time", "end_time", "source", "cli", "destination",
+      "duration", "billing_duration", "disconnect_code", "disconnect_reason", "rate", "charged",
+      "cdr_type", "country_name", "network_name", "trunk"],
+    inbound: ["start_time", "connect_time", "end_time", "source", "did", "destination",
+      "duration", "disconnect_initiator", "disconnect_code", "disconnect_reason",
+      "toll_free_amount", "termination_amount", "metered_amount"],
   };
+  const SHOW = { start_time: time, connect_time: time, end_time: time,
+    disconnect_initiator: initiator };
+  const AMOUNTS = new Set(["toll_free_amount", "termination_amount", "metered_amount"]);
+
+  const FLAG_TEXT = {
+    account_mismatch: "Account mismatch: the event named another account; stored under the"
+      + " trunk's or DID's owner",
+    unknown_trunk: "Unrated: the trunk is not in the reference data",
+    unknown_did: "Unrated: the DID is not in the reference data",
+    no_rate: "Unrated: no rate row matched",
+  };
+
+  // Why a row needs a second look, one line each (the row's tooltip), and its badge.
+  function notes(cdr) {
+    const lines = cdr.flags.map((f) => FLAG_TEXT[f] || f);
+    if (cdr.timed_out) {
+      lines.push(cdr.rated ? "Timed out: billed up to the maximum call duration"
+        : "Unrated: timed out (no end event before the maximum call duration)");
+    }
+    if (!cdr.rated && !lines.some((l) => l.startsWith("Unrated"))) lines.unshift("Unrated");
+    return lines;
+  }
+
+  function badge(cdr) {
+    const marks = [];
+    if (!cdr.rated) marks.push("unrated");
+    if (cdr.flags.includes("account_mismatch")) marks.push("account mismatch");
+    if (cdr.timed_out) marks.push("timed out");
+    return marks.join(" · ");
+  }
 
   function renderRows(page) {
     const body = $("rows");
     body.replaceChildren();
-    const cells = COLUMNS[state.direction];
+    const fields = FIELDS[state.direction];
     for (const cdr of page.items) {
       const tr = document.createElement("tr");
       tr.dataset.id = cdr.id;
       tr.dataset.status = cdr.status;
-      for (const value of cells(cdr)) {
+      tr.dataset.rated = String(cdr.rated);
+      tr.dataset.flags = cdr.flags.join(" ");
+      const why = notes(cdr);
+      if (why.length) tr.title = why.join("\n");
+      const unrated = new Set(cdr.unrated_fields);
+      for (const field of fields) {
         const td = document.createElement("td");
-        td.textContent = text(value);
+        const value = cdr[field];
+        td.textContent = (SHOW[field] || text)(value);
+        // Marks are CSS-drawn (::after), so a cell's text stays what the CSV holds.
+        if (unrated.has(field)) {
+          td.classList.add("unrated");
+          td.title = "not rated";
+        } else if (AMOUNTS.has(field) && (value === null || value === undefined)) {
+          td.classList.add("unused");
+          td.title = "service not used";
+        }
         tr.appendChild(td);
       }
+      const mark = badge(cdr);
+      if (mark) tr.firstChild.dataset.badge = mark;
       body.appendChild(tr);
     }
     const pageNo = state.cursors.length;
@@ -154,6 +201,11 @@
     $("k-charged").textContent = t.charged;
     $("k-unrated").textContent = num(t.unrated, 0);
     $("k-timedout").textContent = num(t.timed_out, 0);
+    $("k-mismatch").textContent = num(t.account_mismatch, 0);
+    $("k-unrated").parentElement.title = [
+      `unknown trunk: ${num(t.unknown_trunk, 0)}`, `unknown DID: ${num(t.unknown_did, 0)}`,
+      `no rate: ${num(t.no_rate, 0)}`, `timed out: ${num(t.unrated_timed_out, 0)}`,
+    ].join("\n");
     renderChart(timeline(k.groups, k.group_by));
   }
 
@@ -242,7 +294,9 @@
     const button = $("export");
     button.disabled = true;
     try {
-      const resp = await api("/api/v1/cdrs.csv", state.params);
+      const p = new URLSearchParams(state.params);
+      if ($("excel").checked) p.set("excel", "true");
+      const resp = await api("/api/v1/cdrs.csv", p);
       const blob = await resp.blob();
       const match = /filename="([^"]+)"/.exec(resp.headers.get("Content-Disposition") || "");
       const a = document.createElement("a");
