@@ -109,6 +109,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             destination=args.destination,
             cdr_type=args.type,
             status=args.status,
+            flag=args.flag,
         )
     except ValueError as exc:
         print(f"cdrpipe export: {exc}", file=sys.stderr)
@@ -240,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--destination", help="destination number prefix")
     p.add_argument("--type", help="CDR type: International, Local or 'Origin based'")
     p.add_argument("--status", help="answered, busy, no-answer, cancelled or failed")
+    p.add_argument(
+        "--flag",
+        help="only CDRs with this flag: account_mismatch, unknown_trunk, unknown_did or no_rate",
+    )
     p.add_argument("-o", "--output", help="write to this file instead of stdout")
     p.add_argument(
         "--excel",

@@ -329,6 +329,7 @@ def store_dsn(tmp_path: Path) -> str:
         )
         for i, c in enumerate(names_sample())
     ]
+    cdrs[1] = dataclasses.replace(cdrs[1], flags=("account_mismatch",))
     client = connect(dsn)
     try:
         assert CdrWriter(client).write(cdrs) == 3
@@ -358,3 +359,14 @@ def test_cli_export_excel_and_plain(
     text = plain.read_bytes()
     assert not text.startswith(UTF8_BOM) and b"\r" not in text
     assert UTF8_BOM + text.replace(b"\n", b"\r\n") == data
+
+
+def test_cli_export_by_flag(store_dsn: str, tmp_path: Path) -> None:
+    from pipeline.cli import main
+
+    out = tmp_path / "flagged.csv"
+    args = ["export", "--direction", "outbound", "--store", store_dsn, "-o", str(out)]
+    assert main([*args, "--flag", "account_mismatch"]) == 0
+    rows = list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"), newline="")))
+    assert [row[13] for row in rows[1:]] == ["Curaçao"]
+    assert main([*args, "--flag", "no_such_flag"]) == 2
