@@ -68,6 +68,14 @@ def test_valid_events_parse_to_utc():
     assert (end.disconnect_code, end.disconnect_initiator) == (200, "origination")
 
 
+@pytest.mark.parametrize(
+    "destination", ["SIP:+33142685300@gw", "Tel:+33142685300", "SIPS:1001@pbx.example.com"]
+)
+def test_uri_schemes_are_case_insensitive(destination: str):
+    """RFC 3261 and RFC 3966: a URI's scheme may be written in any case."""
+    assert parse({**INBOUND, "destination": destination}).destination == destination
+
+
 def test_schema_examples_are_valid():
     from pipeline.core.events import _load_schema
 
