@@ -14,14 +14,12 @@ Both sides run from source (CDRPIPE_PURE_PYTHON=1) or, if built, compiled (--com
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ab import ROOT, base_worktree, run_side  # bench/ is on sys.path when run as a script
 
 DRIVER = """
 import sys, time
@@ -81,19 +79,7 @@ def main() -> None:
     parser.add_argument("--compiled", action="store_true", help="run each side's compiled build")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-numbers-"))
-    base = tmp / "base"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), args.base],
-        check=True,
-    )
-    try:
-        if args.compiled and (base / "setup.py").is_file():
-            subprocess.run(
-                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-                cwd=base,
-                check=True,
-                capture_output=True,
-            )
+    with base_worktree(args.base, tmp, compiled=args.compiled) as base:
         numbers_file = tmp / "numbers.txt"
         numbers_file.write_text("\n".join(sample_numbers(args.numbers)))
         print(f"{args.numbers:,} numbers, base {args.base} vs the working tree\n")
@@ -101,18 +87,9 @@ def main() -> None:
         print("|---|---|---|---|---|")
         for n in range(1, args.rounds + 1):
             for name, code in (("base", base), ("new", ROOT)):
-                env = {**os.environ, "PYTHONPATH": str(code)}
-                if not args.compiled:
-                    env["CDRPIPE_PURE_PYTHON"] = "1"
                 argv = [sys.executable, "-c", DRIVER, str(numbers_file), str(code)]
-                out = subprocess.run(
-                    argv, env=env, cwd=tmp, check=True, capture_output=True, text=True
-                )
-                print(f"| {n} | {name} | {out.stdout.strip()} |", flush=True)
-    finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False
-        )
+                out = run_side(code, argv, tmp, pure=not args.compiled)
+                print(f"| {n} | {name} | {out} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,11 @@ sides read the base's sample reference data (deploy/config), which every later v
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from ab import ROOT, base_worktree, run_side  # bench/ is on sys.path when run as a script
 
 #: Run in a fresh interpreter whose `pipeline` is the code under test (PYTHONPATH).
 DRIVER = """
@@ -70,19 +68,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-ab-"))
-    base = tmp / "base"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), args.base],
-        check=True,
-    )
-    try:
-        if (base / "setup.py").is_file() and not args.pure:  # its compiled build, as deployed
-            subprocess.run(
-                [sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
-                cwd=base,
-                check=True,
-                capture_output=True,
-            )
+    with base_worktree(args.base, tmp, compiled=not args.pure) as base:
         from replay_bench import bench_events  # bench/ is on sys.path when run as a script
 
         from pipeline.simulate import generate, write_jsonl
@@ -101,19 +87,9 @@ def main() -> None:
         config = base / "deploy" / "config"
         for n in range(1, args.rounds + 1):
             for name, code in (("base", base), ("new", ROOT)):
-                env = {**os.environ, "PYTHONPATH": str(code)}
-                if args.pure:
-                    env["CDRPIPE_PURE_PYTHON"] = "1"
                 argv = [sys.executable, "-c", DRIVER, str(events), str(config), str(args.jobs)]
-                argv.append(str(code))
-                out = subprocess.run(  # not from the repo: "" on sys.path would be its code
-                    argv, env=env, cwd=tmp, check=True, capture_output=True, text=True
-                )
-                print(f"| {n} | {name} | {out.stdout.strip()} |", flush=True)
-    finally:
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False
-        )
+                out = run_side(code, [*argv, str(code)], tmp, pure=args.pure)
+                print(f"| {n} | {name} | {out} |", flush=True)
 
 
 if __name__ == "__main__":
