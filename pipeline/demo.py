@@ -15,9 +15,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
 
 from pipeline import config
+from pipeline.core.numbers import describe
 from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_DLQ
+from pipeline.store.client import TABLES
 from pipeline.stream.progress import SINK_GROUP, WORKER_GROUP, end_offsets, wait_caught_up
 
 
@@ -96,12 +101,141 @@ class Pipeline:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class UnratedReasons:
+    """Why the stored CDRs of a time span are unrated, both directions together.
+
+    A CDR can have more than one reason (a call on an unknown trunk that was also closed as
+    timed out), so the reasons can add up to more than ``unrated``; ``unexplained`` counts
+    unrated CDRs with none of them and should be 0. The lists are (name, CDRs), most first:
+    destinations without a rate by country (or "+" and leading digits for a number without
+    one), unknown trunks and DIDs by name.
+    """
+
+    cdrs: int
+    unrated: int
+    timed_out: int
+    no_rate: int
+    unknown_trunk: int
+    unknown_did: int
+    unexplained: int
+    no_rate_destinations: tuple[tuple[str, int], ...]
+    unknown_trunks: tuple[tuple[str, int], ...]
+    unknown_dids: tuple[tuple[str, int], ...]
+
+
+_DT = "DateTime64(6, 'UTC')"
+_SPAN = f"start_time >= {{time_from:{_DT}}} AND start_time < {{time_to:{_DT}}}"
+
+
+def _counts_sql(table: str) -> str:
+    """Unrated CDRs by reason; a flag only counts on an unrated CDR."""
+    return (
+        "SELECT count(), countIf(NOT rated), countIf(NOT rated AND timed_out),"
+        " countIf(NOT rated AND has(flags, 'no_rate')),"
+        " countIf(NOT rated AND has(flags, 'unknown_trunk')),"
+        " countIf(NOT rated AND has(flags, 'unknown_did')),"
+        " countIf(NOT rated AND NOT timed_out"
+        " AND NOT hasAny(flags, ['no_rate', 'unknown_trunk', 'unknown_did']))"
+        f" FROM {table} FINAL WHERE {_SPAN}"
+    )
+
+
+def _no_rate_numbers_sql(table: str) -> str:
+    """The PSTN numbers without a rate (an inbound one may be a tel: URI), grouped by their
+    first four digits, which fix the country: +1 and an area code, or a country code."""
+    return (
+        "SELECT substring(number, 1, 4) AS head, any(number), count() AS n FROM"
+        " (SELECT replaceRegexpOne(destination, '^(tel:)?([+]|00)?', '') AS number"
+        f" FROM {table} FINAL WHERE {_SPAN} AND NOT rated AND has(flags, 'no_rate'))"
+        " GROUP BY head ORDER BY n DESC, head LIMIT 100"
+    )
+
+
+def _by_name_sql(column: str, table: str) -> str:
+    """Unrated CDRs carrying the flag given as parameter ``flag``, by `column`."""
+    return (
+        f"SELECT ifNull({column}, '') AS name, count() AS n FROM {table} FINAL"
+        f" WHERE {_SPAN} AND NOT rated AND has(flags, {{flag:String}})"
+        " GROUP BY name ORDER BY n DESC, name LIMIT 100"
+    )
+
+
+def unrated_reasons(client: Client, time_from: datetime, time_to: datetime) -> UnratedReasons:
+    """Count the unrated CDRs that start in [time_from, time_to) by reason, from the stored
+    ``rated``, ``timed_out`` and ``flags`` columns (each call once, in its newest version)."""
+    params: dict[str, Any] = {"time_from": time_from, "time_to": time_to}
+
+    def rows(sql: str, **extra: Any) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in client.query(sql, parameters={**params, **extra}).result_rows]
+
+    totals = [0] * 7
+    destinations: dict[str, int] = {}
+    for table in TABLES.values():
+        (counts,) = rows(_counts_sql(table))
+        totals = [t + int(c) for t, c in zip(totals, counts, strict=True)]
+        for head, number, n in rows(_no_rate_numbers_sql(table)):
+            name = describe(number).country_name or f"+{head}"
+            destinations[name] = destinations.get(name, 0) + int(n)
+    trunks = rows(_by_name_sql("trunk", TABLES["outbound"]), flag="unknown_trunk")
+    dids = rows(_by_name_sql("did", TABLES["inbound"]), flag="unknown_did")
+    cdrs, unrated, timed_out, no_rate, unknown_trunk, unknown_did, unexplained = totals
+    return UnratedReasons(
+        cdrs=cdrs,
+        unrated=unrated,
+        timed_out=timed_out,
+        no_rate=no_rate,
+        unknown_trunk=unknown_trunk,
+        unknown_did=unknown_did,
+        unexplained=unexplained,
+        no_rate_destinations=_most_first(destinations.items()),
+        unknown_trunks=_most_first((str(name), int(n)) for name, n in trunks),
+        unknown_dids=_most_first((str(name), int(n)) for name, n in dids),
+    )
+
+
+def _most_first(pairs: Any) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted(pairs, key=lambda p: (-p[1], p[0])))
+
+
+def _top(pairs: tuple[tuple[str, int], ...], shown: int = 3) -> str:
+    text = ", ".join(f"{name or '(none)'} {n}" for name, n in pairs[:shown])
+    rest = len(pairs) - shown
+    return f"{text}, {rest} more" if rest > 0 else text
+
+
+def unrated_lines(reasons: UnratedReasons) -> list[str]:
+    """The demo summary's lines on unrated CDRs: how many, and why."""
+    r = reasons
+    share = f" ({100 * r.unrated / r.cdrs:.1f} % of the CDRs)" if r.cdrs else ""
+    lines = [f"  unrated              {r.unrated}{share}, why (a CDR may have two reasons):"]
+    timed_out = f"    timed out          {r.timed_out}"
+    if r.timed_out:
+        timed_out += "  closed at the deadline; CDRPIPE_BILL_TIMED_OUT=1 bills them"
+    lines.append(timed_out)
+    for label, count, detail in (
+        ("no rate", r.no_rate, r.no_rate_destinations),
+        ("unknown trunk", r.unknown_trunk, r.unknown_trunks),
+        ("unknown DID", r.unknown_did, r.unknown_dids),
+    ):
+        lines.append(f"    {label:<18} {count}" + (f"  {_top(detail)}" if detail else ""))
+    if r.unexplained:
+        lines.append(f"    no reason stored   {r.unexplained}")
+    return lines
+
+
 def run_demo(
     *, calls: int, workers: int, out_dir: Path, store: str | None, rate: float | None
 ) -> int:
     from pipeline.kafka.broker import LocalKafka
     from pipeline.kafka.topics import ensure_topics
-    from pipeline.simulate import SimConfig, generate, produce, write_jsonl
+    from pipeline.simulate import (
+        UNPRICED_DESTINATIONS,
+        SimConfig,
+        generate,
+        produce,
+        write_jsonl,
+    )
     from pipeline.store.client import connect
     from pipeline.store.export import write_csv
     from pipeline.store.queries import CdrFilter, totals
@@ -133,6 +267,7 @@ def run_demo(
             orphan=0.005,
             never_ending=0.005,
             malformed=0.005,
+            raw_caller_ids=0.02,
         )
         print(f"3/5 simulating {calls} calls (seed {seed}) into Kafka...")
         sim = generate(cfg)
@@ -172,7 +307,14 @@ def run_demo(
         f"CDRs stored            {stored} of {with_start} calls with a start "
         f"({with_start - stored} still open: never-ending calls before their deadline)"
     )
-    print(f"  unrated              {sum(t.unrated for t in summary.values())}")
+    for line in unrated_lines(unrated_reasons(client, span_from, span_to)):
+        print(line)
+    unpriced = "; ".join(UNPRICED_DESTINATIONS.values())
+    print(
+        f"    on purpose, the simulation has {exp['unpriced_destination']} calls to destinations"
+        f" the sample decks leave unpriced ({unpriced}), {exp['unknown_trunk']} on unknown"
+        f" trunks and {exp['never_ending']} that never end"
+    )
     print(f"  timed out            {sum(t.timed_out for t in summary.values())}")
     print(
         f"dead-lettered          {dlq} (injected: malformed {exp['malformed_messages']}, "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import gc
 import heapq
 import random
@@ -29,20 +28,30 @@ from bisect import bisect_right
 from collections.abc import Awaitable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from itertools import accumulate
 from math import log
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
+import phonenumbers
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
+from phonenumbers import PhoneNumberType
+
+from pipeline.core.refdata import load_refdata
 
 __all__ = [
     "DEFAULT_OUTCOME_MIX",
     "DEFAULT_START",
+    "DESTINATIONS",
     "MALFORMED_KINDS",
+    "RAW_CALLER_IDS",
+    "SOURCES",
     "TOPICS",
+    "UNPRICED_DESTINATIONS",
+    "NumberKind",
     "SimConfig",
     "SimMessage",
     "Simulation",
@@ -51,6 +60,7 @@ __all__ = [
     "generate",
     "iter_messages",
     "main",
+    "number_pool",
     "produce",
     "run",
     "write_jsonl",
@@ -120,35 +130,89 @@ _ENDINGS: dict[str, tuple[tuple[int, str, str | None, float], ...]] = {
     ),
 }
 
-# Called numbers: (prefix, random digits, weight). Japan and Australia have no rate
-# in the sample decks, so those calls come out unrated.
-_DESTINATIONS: tuple[tuple[str, int, float], ...] = (
-    ("1201555", 4, 0.13),  # US, New Jersey
-    ("1415555", 4, 0.13),  # US, San Francisco
-    ("4420794", 5, 0.13),  # UK, London fixed
-    ("447700900", 3, 0.12),  # UK mobile (Ofcom drama range)
-    ("4930", 8, 0.12),  # DE, Berlin fixed
-    ("4915", 9, 0.10),  # DE mobile
-    ("331", 8, 0.10),  # FR, Paris fixed
-    ("336", 8, 0.09),  # FR mobile
-    ("8131234", 4, 0.05),  # JP, Tokyo: unrated
-    ("612", 8, 0.03),  # AU, Sydney: unrated
+
+class NumberKind(NamedTuple):
+    """One kind of telephone number in simulated traffic, with its share of the draws.
+
+    The numbers themselves come from `number_pool`: variations of ``seed`` (default:
+    libphonenumber's example number of that region and network) that libphonenumber
+    considers valid numbers of ``region`` and ``network``, so that the pipeline sees the
+    country and network the simulator meant.
+    """
+
+    region: str  # ISO 3166-1 alpha-2, or "001" for a non-geographic calling code (+881)
+    network: str  # "fixed" or "mobile"; NANP numbers are both ("Fixed or mobile")
+    weight: float
+    seed: str = ""  # E.164 digits (no "+") of a number to vary; "" = the example number
+
+
+#: Destination prefixes the sample decks (deploy/config/rates.csv) leave unpriced on purpose,
+#: so that simulated traffic shows what an unrated CDR is (flag ``no_rate``) and re-rating has
+#: work to do: prefix -> what it is. ``expected["unpriced_destination"]`` counts such calls.
+UNPRICED_DESTINATIONS: dict[str, str] = {
+    "81": "Japan",
+    "881": "satellite phones (Global Mobile Satellite System)",
+}
+
+#: Called numbers (outbound calls, and inbound calls forwarded to the PSTN). Every one is
+#: priced in each sample deck except `UNPRICED_DESTINATIONS` (2 % of the draws).
+DESTINATIONS: tuple[NumberKind, ...] = (
+    NumberKind("US", "fixed", 0.09),  # New Jersey 201: the decks' 1201 row
+    NumberKind("US", "fixed", 0.06, "12125550100"),  # New York
+    NumberKind("US", "fixed", 0.05, "14155550100"),  # San Francisco
+    NumberKind("CA", "fixed", 0.03, "14165550100"),  # Toronto
+    NumberKind("CA", "fixed", 0.02, "16045550100"),  # Vancouver
+    NumberKind("JM", "fixed", 0.01),
+    NumberKind("JM", "mobile", 0.02),
+    NumberKind("DO", "fixed", 0.015),
+    NumberKind("PR", "fixed", 0.01),
+    NumberKind("TT", "mobile", 0.01),
+    NumberKind("BS", "mobile", 0.005),
+    NumberKind("BB", "fixed", 0.005),
+    NumberKind("KY", "mobile", 0.005),
+    NumberKind("GB", "fixed", 0.12, "442079460123"),  # London
+    NumberKind("GB", "mobile", 0.11),
+    NumberKind("DE", "fixed", 0.11, "493012345678"),  # Berlin
+    NumberKind("DE", "mobile", 0.08),  # 015x
+    NumberKind("DE", "mobile", 0.02, "491701234567"),  # 017x
+    NumberKind("FR", "fixed", 0.09, "33142685300"),  # Paris
+    NumberKind("FR", "mobile", 0.06),  # 06
+    NumberKind("FR", "mobile", 0.02, "33756789012"),  # 07
+    NumberKind("AU", "fixed", 0.02),
+    NumberKind("AU", "mobile", 0.02),
+    NumberKind("JP", "fixed", 0.015),  # unpriced
+    NumberKind("001", "mobile", 0.005, "881612345678"),  # Iridium, unpriced
 )
-# Caller IDs as received; "" = withheld / missing.
-_SOURCES: tuple[tuple[str, int, float], ...] = (
-    ("1212555", 4, 0.15),  # US
-    ("1310555", 4, 0.15),  # US
-    ("4420794", 5, 0.15),  # UK fixed
-    ("447700900", 3, 0.10),  # UK mobile
-    ("4930", 8, 0.10),  # DE fixed
-    ("4915", 9, 0.05),  # DE mobile
-    ("331", 8, 0.10),  # FR fixed
-    ("336", 8, 0.05),  # FR mobile
-    ("8131234", 4, 0.03),  # JP
-    ("5511", 9, 0.02),  # BR, Sao Paulo mobile
-    ("4122", 7, 0.02),  # CH, Geneva (Europe, not EEA)
-    ("", 0, 0.08),  # empty caller ID
+#: Caller IDs as received (both directions); region "" = withheld (empty caller ID).
+SOURCES: tuple[NumberKind, ...] = (
+    NumberKind("US", "fixed", 0.14, "12125550100"),
+    NumberKind("US", "fixed", 0.10, "13105550100"),  # Los Angeles
+    NumberKind("CA", "fixed", 0.03, "14165550100"),
+    NumberKind("JM", "mobile", 0.02),
+    NumberKind("GB", "fixed", 0.14, "442079460123"),
+    NumberKind("GB", "mobile", 0.08),
+    NumberKind("DE", "fixed", 0.11, "493012345678"),
+    NumberKind("DE", "mobile", 0.05),
+    NumberKind("FR", "fixed", 0.11, "33142685300"),
+    NumberKind("FR", "mobile", 0.05),
+    NumberKind("JP", "fixed", 0.03),
+    NumberKind("BR", "mobile", 0.02),  # Sao Paulo
+    NumberKind("CH", "fixed", 0.02),  # Europe, not EEA
+    NumberKind("AU", "mobile", 0.02),
+    NumberKind("", "", 0.08),  # withheld: empty caller ID
 )
+#: How a caller ID looks when ``SimConfig.raw_caller_ids`` picks it: "{}" stands for the
+#: E.164 digits (a withheld caller ID gets "anonymous" instead), the rest are as gateways
+#: send a withheld one. The pipeline strips "+" / "00" and treats the words as withheld.
+RAW_CALLER_IDS: tuple[tuple[str, float], ...] = (
+    ("+{}", 0.45),
+    ("00{}", 0.15),
+    ("anonymous", 0.25),
+    ("Restricted", 0.10),
+    ("unknown", 0.05),
+)
+_POOL_SIZE = 100  # distinct valid numbers per NumberKind
+_POOL_VARIED_DIGITS = 4  # trailing digits varied around the seed
 _GATEWAYS = ("gw-fra1", "gw-lon1", "gw-nyc1", "gw-ams1", "gw-sjc1")
 _INBOUND_TRUNKS = ("carrier-a-in", "carrier-b-in")
 _UNKNOWN_TRUNKS = ("Outbound Trunk 99", "legacy-trunk-x")
@@ -195,7 +259,10 @@ class SimConfig:
 
     Defaults model plain traffic: 70 % outbound, outcomes 55/10/10/10/15 % answered/
     busy/no-answer/cancelled/failed, answered durations lognormal with a 90 s median
-    (capped at 2 h), 0.5 % of outbound calls on an unknown trunk, no trouble injected.
+    (capped at 2 h), 0.5 % of outbound calls on an unknown trunk, 2 % of called numbers
+    unpriced (`UNPRICED_DESTINATIONS`), caller IDs as E.164 digits or empty, no trouble
+    injected. ``raw_caller_ids`` sends that share of caller IDs as gateways also do:
+    "+" or "00" before the digits, or "anonymous" / "Restricted" / "unknown" (`RAW_CALLER_IDS`).
 
     Call shapes are disjoint: ``orphan`` calls lose their start, ``never_ending`` calls
     lose their end, and the rest are complete. ``reorder``, ``duplicate`` and ``late``
@@ -211,6 +278,7 @@ class SimConfig:
     outbound_share: float = 0.7
     outcome_mix: tuple[tuple[str, float], ...] = DEFAULT_OUTCOME_MIX
     unknown_trunk: float = 0.005  # outbound calls on a trunk not in trunks.csv
+    raw_caller_ids: float = 0.0  # calls whose caller ID is not plain digits or empty
     median_duration: float = 90.0  # answered calls, seconds (lognormal)
     max_duration: float = 7200.0  # cap, well under the pipeline's 4 h timeout
     reorder: float = 0.0
@@ -229,6 +297,7 @@ class SimConfig:
         for name in (
             "outbound_share",
             "unknown_trunk",
+            "raw_caller_ids",
             "reorder",
             "duplicate",
             "late",
@@ -270,22 +339,77 @@ class SimConfig:
 # --------------------------------------------------------------------------- helpers
 
 
-def _load_reference(config_dir: Path | str) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(trunk, account) and (did, account) pairs from the operator's CSV files."""
-    base = Path(config_dir)
-    with open(base / "trunks.csv", newline="", encoding="utf-8") as f:
-        trunks = [(r["trunk"], r["account"]) for r in csv.DictReader(f) if r.get("trunk")]
-    with open(base / "dids.csv", newline="", encoding="utf-8") as f:
-        dids = [(r["did"], r["account"]) for r in csv.DictReader(f) if r.get("did")]
+def _load_reference(
+    config_dir: Path | str,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str, bool]]]:
+    """(trunk, account) and (did, account, has a termination deck) from the reference data,
+    read by the pipeline's own loader (so comments and every rule apply as in the pipeline)."""
+    refdata = load_refdata(config_dir)
+    trunks = [(t.name, t.account) for t in refdata.trunks.values()]
+    dids = [(d.did, d.account, d.termination_deck is not None) for d in refdata.dids.values()]
     return trunks, dids
 
 
-def _numbers(
-    table: tuple[tuple[str, int, float], ...],
-) -> tuple[list[float], list[tuple[str, int]]]:
-    cum = list(accumulate(w for _, _, w in table))
-    total = cum[-1]
-    return [c / total for c in cum], [(p, n) for p, n, _ in table]
+_NETWORK_TYPES: dict[str, tuple[int, ...]] = {
+    "fixed": (PhoneNumberType.FIXED_LINE, PhoneNumberType.FIXED_LINE_OR_MOBILE),
+    "mobile": (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE),
+}
+
+
+def number_pool(kind: NumberKind) -> tuple[str, ...]:
+    """Up to `_POOL_SIZE` distinct numbers (E.164 digits) of `kind`, sorted; ``("",)`` for a
+    withheld caller ID.
+
+    Built once per process and independent of the simulation's seed: libphonenumber costs
+    tens of microseconds a number, too much per call, so calls draw from these pools. Each is
+    the seed (or libphonenumber's example number) with its last digits varied, kept only if
+    libphonenumber calls it a valid number of the kind's region and network.
+    """
+    return _pool(kind.region, kind.network, kind.seed)
+
+
+@cache
+def _pool(region: str, network: str, seed: str) -> tuple[str, ...]:
+    if not region:
+        return ("",)
+    wanted = _NETWORK_TYPES[network]
+    if not seed:
+        example = phonenumbers.example_number_for_type(region, wanted[0])
+        if example is None:
+            raise ValueError(f"no example {network} number for {region!r}: give a seed")
+        seed = phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.E164)[1:]
+
+    def fits(digits: str) -> bool:
+        number = phonenumbers.parse("+" + digits)
+        return (
+            phonenumbers.is_valid_number(number)
+            and phonenumbers.region_code_for_number(number) == region
+            and phonenumbers.number_type(number) in wanted
+        )
+
+    if not fits(seed):
+        raise ValueError(f"{seed} is not a valid {network} number of {region}")
+    rng = random.Random(f"pool:{seed}")  # a str seed: the same pool in every process
+    stem, n = seed[:-_POOL_VARIED_DIGITS], _POOL_VARIED_DIGITS
+    found = {seed}
+    for _ in range(20 * _POOL_SIZE):
+        if len(found) >= _POOL_SIZE:
+            break
+        digits = f"{stem}{rng.randrange(10**n):0{n}d}"
+        if digits not in found and fits(digits):
+            found.add(digits)
+    return tuple(sorted(found))
+
+
+def _pools(kinds: tuple[NumberKind, ...]) -> tuple[list[float], list[tuple[str, ...]]]:
+    """Cumulative shares (for bisect) and the number pool of each kind."""
+    return _cumulative(k.weight for k in kinds), [number_pool(k) for k in kinds]
+
+
+def _cumulative(weights: Iterable[float]) -> list[float]:
+    """Cumulative shares of `weights`, ending at 1, for ``bisect_right(shares, random())``."""
+    cum = list(accumulate(weights))
+    return [c / cum[-1] for c in cum]
 
 
 class _Clock:
@@ -379,8 +503,11 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
         for j, i in enumerate(sorted(rng.choices(range(n), k=n_malformed))):
             malformed_at.setdefault(i, []).append(MALFORMED_KINDS[j % len(MALFORMED_KINDS)])
 
-    dest_cum, dest_tab = _numbers(_DESTINATIONS)
-    src_cum, src_tab = _numbers(_SOURCES)
+    dest_cum, dest_pools = _pools(DESTINATIONS)
+    unpriced = [p[0].startswith(tuple(UNPRICED_DESTINATIONS)) for p in dest_pools]
+    src_cum, src_pools = _pools(SOURCES)
+    raw_share = cfg.raw_caller_ids
+    raw_cum = _cumulative(w for _, w in RAW_CALLER_IDS)
     out_names = [name for name, _ in cfg.outcome_mix]
     out_cum = list(accumulate(w for _, w in cfg.outcome_mix))
     out_cum = [c / out_cum[-1] for c in out_cum]
@@ -388,9 +515,8 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
     for name, table in _ENDINGS.items():
         cum = list(accumulate(w for *_, w in table))
         endings[name] = ([c / cum[-1] for c in cum], [(c, r, i) for c, r, i, _ in table])
-    off_cum, off_tab = _numbers(tuple((s, 0, w) for _, s, w in _OFFSETS))
-    off_secs = {s: o for o, s, _ in _OFFSETS}
-    off_tab_full = [(off_secs[s], s) for s, _ in off_tab]
+    off_cum = _cumulative(w for *_, w in _OFFSETS)
+    off_tab_full = [(o, s) for o, s, _ in _OFFSETS]
     known = [{"trunk": t, "account": a} for t, a in trunks]
     accounts = sorted({a for _, a in trunks}) or ["acc-unknown"]
     tag = f"s{cfg.seed}-" if cfg.id_tag is None else cfg.id_tag
@@ -403,11 +529,22 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
     mu = log(cfg.median_duration)
     max_dur = cfg.max_duration
 
-    def number(cum: list[float], tab: list[tuple[str, int]]) -> str:
-        prefix, digits = tab[bisect_right(cum, random_())]
-        if not digits:
-            return prefix
-        return prefix + str(10**digits + int(random_() * 10**digits))[1:]
+    def destination() -> tuple[str, bool]:
+        """A called number and whether it is unpriced."""
+        k = bisect_right(dest_cum, random_())
+        pool = dest_pools[k]
+        return pool[int(random_() * len(pool))], unpriced[k]
+
+    def caller_id() -> tuple[str, bool]:
+        """A caller ID as the gateway sends it, and whether it is in a raw form."""
+        pool = src_pools[bisect_right(src_cum, random_())]
+        digits = pool[int(random_() * len(pool))]
+        if not raw_share or random_() >= raw_share:
+            return digits, False
+        form = RAW_CALLER_IDS[bisect_right(raw_cum, random_())][0]
+        if "{}" not in form:
+            return form, True
+        return (form.format(digits) if digits else "anonymous"), True
 
     def stamp(us: int, precision: int) -> str:
         offset_s, suffix = off_tab_full[bisect_right(off_cum, random_())]
@@ -428,6 +565,8 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
             "orphan_messages",
             "reordered_calls",
             "unknown_trunk",
+            "unpriced_destination",
+            "raw_caller_ids",
             "messages",
         ),
         0,
@@ -467,23 +606,27 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
                 trunk = known[int(random_() * len(known))]
                 unknown_trunk = False
             start["account"] = trunk["account"]
-            start["source"] = number(src_cum, src_tab)
-            start["destination"] = number(dest_cum, dest_tab)
+            start["source"], raw_cli = caller_id()
+            start["destination"], no_price = destination()
+            no_price = no_price and not unknown_trunk  # else there is no deck to look in
             start["trunk"] = trunk["trunk"]
         else:
             unknown_trunk = False
-            did, account = dids[int(random_() * len(dids))]
+            did, account, terminates = dids[int(random_() * len(dids))]
             start["direction"] = "inbound"
             start["account"] = account
-            start["source"] = number(src_cum, src_tab)
-            r = random_()
+            start["source"], raw_cli = caller_id()
+            # Only a DID with a termination deck is forwarded to the PSTN.
+            r = random_() if terminates else 0.0
+            no_price = False
             if r < 0.60:
                 ext = 1000 + int(random_() * 200)
                 start["destination"] = f"sip:{ext}@pbx.{account}.example.com"
             elif r < 0.92:
-                start["destination"] = number(dest_cum, dest_tab)  # forwarded to the PSTN
+                start["destination"], no_price = destination()  # forwarded to the PSTN
             else:
-                start["destination"] = "tel:+" + number(dest_cum, dest_tab)
+                pstn, no_price = destination()
+                start["destination"] = "tel:+" + pstn
             start["did"] = did
             if random_() < 0.5:
                 start["trunk"] = _INBOUND_TRUNKS[int(random_() * 2)]
@@ -536,6 +679,8 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
         else:
             stats[start["direction"]] += 1
             stats["unknown_trunk"] += unknown_trunk
+            stats["unpriced_destination"] += no_price
+            stats["raw_caller_ids"] += raw_cli
             if r_role != 2:
                 stats[_status(outcome, code, initiator)] += 1
         if r_role == 3:
@@ -601,6 +746,8 @@ def iter_messages(cfg: SimConfig, expected: dict[str, int] | None = None) -> Ite
             cancelled=stats["cancelled"],
             failed=stats["failed"],
             unknown_trunk=stats["unknown_trunk"],
+            unpriced_destination=stats["unpriced_destination"],
+            raw_caller_ids=stats["raw_caller_ids"],
         )
 
 
@@ -701,7 +848,10 @@ def generate(cfg: SimConfig) -> Simulation:
     connects carried past their end), ``inbound`` / ``outbound`` (calls with a start,
     i.e. expected CDRs), ``messages`` (total), the statuses ``answered`` / ``busy`` /
     ``no_answer`` / ``cancelled`` / ``failed`` of calls with start and end, and
-    ``unknown_trunk`` (outbound calls with a start, on a trunk missing from trunks.csv).
+    ``unknown_trunk`` (outbound calls with a start, on a trunk missing from trunks.csv),
+    ``unpriced_destination`` (calls with a start whose number to rate is one of
+    `UNPRICED_DESTINATIONS`: outbound on a known trunk, or inbound forwarded to the PSTN)
+    and ``raw_caller_ids`` (calls with a start whose caller ID is in a `RAW_CALLER_IDS` form).
     """
     expected: dict[str, int] = {}
     # A million small objects and no cycles: the cyclic GC would only rescan them
@@ -909,7 +1059,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument(
         "--config",
         default=str(d.config_dir),
-        help="reference data dir with trunks.csv and dids.csv (%(default)s)",
+        help="reference data dir (rates.csv, trunks.csv, dids.csv) whose trunks and DIDs "
+        "the calls use (%(default)s)",
     )
     parser.add_argument("-o", "--output", help="JSON Lines file to write ('-' = stdout)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
@@ -944,6 +1095,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "cancelled=0.1,failed=0.15 (the default)",
     )
     parser.add_argument(
+        "--raw-caller-ids",
+        type=_fraction,
+        default=d.raw_caller_ids,
+        help="fraction of calls whose caller ID comes as '+' or '00' and digits, or as "
+        "'anonymous', 'Restricted' or 'unknown' (%(default)s)",
+    )
+    parser.add_argument(
         "--id-tag",
         help="text between gateway and counter in call ids "
         "(default: s<seed>-; '' for ids like gw-fra1-000000001)",
@@ -976,6 +1134,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         call_rate=args.call_rate,
         outbound_share=args.outbound_share,
         outcome_mix=tuple(args.outcomes),
+        raw_caller_ids=args.raw_caller_ids,
         reorder=args.reorder,
         duplicate=args.duplicate,
         late=args.late,

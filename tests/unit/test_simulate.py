@@ -18,20 +18,26 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import phonenumbers
 import pytest
 from aiokafka.partitioner import murmur2
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from phonenumbers import PhoneNumberType
 
 from pipeline import simulate
 from pipeline.simulate import (
+    DESTINATIONS,
     MALFORMED_KINDS,
+    SOURCES,
+    UNPRICED_DESTINATIONS,
     SimConfig,
     SimMessage,
     build_parser,
     generate,
     iter_messages,
     main,
+    number_pool,
     produce,
     write_jsonl,
 )
@@ -55,6 +61,10 @@ START_FIELDS = {
 }
 END_FIELDS = {"event", "id", "ts", "disconnect_code", "disconnect_reason", "disconnect_initiator"}
 RANK = {"start": 0, "connect": 1, "end": 2}
+KNOWN_TRUNKS = {"Outbound Trunk 1", "Outbound Trunk 2", "Outbound Trunk 3", "Outbound Trunk 4"}
+NO_TERMINATION_DIDS = {"33142685300"}  # dids.csv: no termination_deck
+WITHHELD_WORDS = {"anonymous", "Restricted", "unknown"}
+UNPRICED_PREFIXES = tuple(UNPRICED_DESTINATIONS)
 
 
 def cfg(**kw: Any) -> SimConfig:
@@ -86,7 +96,8 @@ def invalid_reason(value: bytes) -> str | None:
         for name in ("gateway", "account", "source", "destination"):
             if not isinstance(obj.get(name), str):
                 return name
-        if obj["source"] and not obj["source"].isdigit():
+        source = obj["source"]
+        if source and not caller_digits(source).isdigit() and source not in WITHHELD_WORDS:
             return "source"
         direction = obj.get("direction")
         if direction == "outbound":
@@ -113,6 +124,35 @@ def invalid_reason(value: bytes) -> str | None:
         if obj.get("disconnect_initiator") not in ("origination", "destination"):
             return "disconnect_initiator"
     return None
+
+
+def caller_digits(source: str) -> str:
+    """A caller ID's digits once the "+" or "00" gateways put in front is stripped."""
+    return source[1:] if source.startswith("+") else source[2:] if source[:2] == "00" else source
+
+
+def region_of(digits: str) -> str | None:
+    """libphonenumber's region of a valid number; None for an invalid one."""
+    number = phonenumbers.parse("+" + digits)
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.region_code_for_number(number)
+
+
+def is_raw(source: str) -> bool:
+    """Whether a caller ID is in a raw form: E.164 digits never start with 0."""
+    return source != "" and (not source.isdigit() or source.startswith("0"))
+
+
+def rated_number(start: dict[str, Any]) -> str | None:
+    """The number a call's rate is looked up for: the outbound destination on a known trunk,
+    an inbound destination forwarded to the PSTN (digits or tel:); else None."""
+    dest = start["destination"]
+    if start["direction"] == "outbound":
+        return dest if start["trunk"] in KNOWN_TRUNKS else None
+    if dest.startswith("tel:+"):
+        return dest[5:]
+    return dest if dest.isdigit() else None
 
 
 def instant(ts: str) -> datetime:
@@ -157,7 +197,11 @@ def recount(messages: list[SimMessage]) -> dict[str, int]:
             out["orphan_calls"] += 1
             out["orphan_messages"] += per_call_msgs[call_id]
             continue
-        out[events["start"]["direction"]] += 1
+        start = events["start"]
+        out[start["direction"]] += 1
+        number = rated_number(start)
+        out["unpriced_destination"] += bool(number and number.startswith(UNPRICED_PREFIXES))
+        out["raw_caller_ids"] += is_raw(start["source"])
         if "end" not in events:
             out["never_ending"] += 1
             continue
@@ -169,7 +213,13 @@ def recount(messages: list[SimMessage]) -> dict[str, int]:
 
 
 MIXED = dict(
-    reorder=0.05, duplicate=0.05, late=0.05, orphan=0.04, never_ending=0.03, malformed=0.03
+    reorder=0.05,
+    duplicate=0.05,
+    late=0.05,
+    orphan=0.04,
+    never_ending=0.03,
+    malformed=0.03,
+    raw_caller_ids=0.05,
 )
 
 
@@ -243,6 +293,8 @@ def test_expected_matches_what_is_in_the_messages(mixed: simulate.Simulation) ->
         "no_answer",
         "cancelled",
         "failed",
+        "unpriced_destination",
+        "raw_caller_ids",
     ):
         assert got.get(name, 0) == exp[name], name
     n = 3000
@@ -395,9 +447,15 @@ def test_default_mixes_look_like_real_traffic(clean: simulate.Simulation) -> Non
         "Outbound Trunk 4": "acc-1004",
     }
     assert all(account_of.get(s["trunk"], s["account"]) == s["account"] for s in outbound)
-    dest = Counter(s["destination"][:2] for s in outbound)
-    assert {"12", "14", "44", "49", "33", "81", "61"} <= set(dest)
-    assert sum(1 for s in starts.values() if s["source"] == "") > 0.05 * n
+    # Called numbers are valid numbers of every listed country, 2 % of them unpriced; caller
+    # IDs are valid numbers or withheld (empty), none in a raw form by default.
+    regions = Counter(region_of(s["destination"]) for s in outbound)
+    assert set(regions) == {k.region for k in DESTINATIONS}
+    unpriced = sum(s["destination"].startswith(UNPRICED_PREFIXES) for s in outbound)
+    assert 0.01 < unpriced / len(outbound) < 0.03
+    sources = Counter(region_of(s["source"]) if s["source"] else "" for s in starts.values())
+    assert set(sources) == {k.region for k in SOURCES}
+    assert sources[""] > 0.05 * n and exp["raw_caller_ids"] == 0
     kinds = Counter(
         "sip"
         if s["destination"].startswith("sip:")
@@ -407,6 +465,10 @@ def test_default_mixes_look_like_real_traffic(clean: simulate.Simulation) -> Non
         for s in inbound
     )
     assert all(kinds[k] > 0.03 * len(inbound) for k in ("sip", "tel", "pstn"))
+    # Only DIDs with a termination deck forward calls to the PSTN.
+    no_term = [s for s in inbound if s["did"] in NO_TERMINATION_DIDS]
+    assert no_term and all(s["destination"].startswith("sip:") for s in no_term)
+    assert all(region_of(number) for s in inbound if (number := rated_number(s)))
     assert 0.3 < sum("trunk" in s for s in inbound) / len(inbound) < 0.7
     codes = Counter((e["disconnect_code"], e["disconnect_reason"]) for e in ends.values())
     assert {
@@ -418,6 +480,48 @@ def test_default_mixes_look_like_real_traffic(clean: simulate.Simulation) -> Non
         (487, "Request Terminated"),
         (503, "Service Unavailable"),
     } <= set(codes)
+
+
+def test_number_pools_are_valid_numbers_of_their_kind() -> None:
+    wanted = {
+        "fixed": {PhoneNumberType.FIXED_LINE, PhoneNumberType.FIXED_LINE_OR_MOBILE},
+        "mobile": {PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE},
+    }
+    for kind in DESTINATIONS + SOURCES:
+        pool = number_pool(kind)
+        if not kind.region:
+            assert pool == ("",)
+            continue
+        assert len(pool) == len(set(pool)) >= 50, kind
+        for digits in pool:
+            number = phonenumbers.parse("+" + digits)
+            assert phonenumbers.is_valid_number(number), digits
+            assert phonenumbers.region_code_for_number(number) == kind.region, digits
+            assert phonenumbers.number_type(number) in wanted[kind.network], digits
+            if kind.seed:
+                assert digits[:-4] == kind.seed[:-4]
+    # Unpriced: Japan and satellite phones, 2 % of the called numbers.
+    unpriced = [k for k in DESTINATIONS if number_pool(k)[0].startswith(UNPRICED_PREFIXES)]
+    assert {k.region for k in unpriced} == {"JP", "001"}
+    assert abs(sum(k.weight for k in unpriced) / sum(k.weight for k in DESTINATIONS) - 0.02) < 1e-9
+
+
+def test_raw_caller_ids_take_their_share_in_every_form() -> None:
+    n = 6000
+    sim = generate(cfg(calls=n, seed=21, raw_caller_ids=0.2))
+    starts = [
+        orjson.loads(m.value) for m in sim.messages if orjson.loads(m.value)["event"] == "start"
+    ]
+    raw = [s["source"] for s in starts if is_raw(s["source"])]
+    assert len(raw) == sim.expected["raw_caller_ids"] == recount(sim.messages)["raw_caller_ids"]
+    assert abs(len(raw) / n - 0.2) < 0.02
+    forms = Counter("+" if r.startswith("+") else "00" if r.startswith("00") else r for r in raw)
+    assert set(forms) == {"+", "00", "anonymous", "Restricted", "unknown"}
+    assert min(forms.values()) > 0.02 * len(raw)
+    numbers = [caller_digits(r) for r in raw if r[0] in "+0"]
+    assert numbers and all(region_of(d) for d in numbers)
+    # "00" is never put before an empty caller ID, nor "+": those become "anonymous".
+    assert "+" not in raw and "00" not in raw
 
 
 def test_ids_are_unique_per_call_and_tag_is_configurable() -> None:
@@ -619,6 +723,8 @@ def test_build_parser_can_extend_a_subcommand() -> None:
             "2026-11-01T00:00:00",
             "--outcomes",
             "answered=1,failed=1",
+            "--raw-caller-ids",
+            "0.1",
             "-o",
             "-",
         ]
@@ -626,3 +732,4 @@ def test_build_parser_can_extend_a_subcommand() -> None:
     config = simulate.config_from_args(args)
     assert config.calls == 3 and config.start.tzinfo is UTC
     assert config.outcome_mix == (("answered", 1.0), ("failed", 1.0))
+    assert config.raw_caller_ids == 0.1
