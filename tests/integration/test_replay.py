@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 import phonenumbers
+import pycountry
 import pytest
 
 from pipeline.cli import main as cli_main
@@ -30,6 +31,7 @@ CALLS = 50_000
 EEA = {
     "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
     "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
+    "RE", "GP", "MQ", "GF", "YT", "MF", "AX",
 }
 
 
@@ -127,11 +129,27 @@ def ts(text: str) -> datetime:
 
 
 def region(digits: str) -> str | None:
+    """The country of a valid number; an invalid one has none."""
     if not digits:
         return None
     num = phonenumbers.parse("+" + digits)
-    code = phonenumbers.region_code_for_number(num) if phonenumbers.is_valid_number(num) else None
-    return code or phonenumbers.region_code_for_country_code(num.country_code)
+    return phonenumbers.region_code_for_number(num) if phonenumbers.is_valid_number(num) else None
+
+
+NETWORKS = {
+    phonenumbers.PhoneNumberType.FIXED_LINE: "Fixed",
+    phonenumbers.PhoneNumberType.MOBILE: "Mobile",
+    phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE: "Fixed or mobile",
+    phonenumbers.PhoneNumberType.TOLL_FREE: "Toll-free",
+}
+
+
+def names_of(digits: str) -> tuple[str, str]:
+    """(ISO 3166 name, network) of a valid number, from pycountry and libphonenumber."""
+    num = phonenumbers.parse("+" + digits)
+    country = pycountry.countries.get(alpha_2=phonenumbers.region_code_for_number(num))
+    name = getattr(country, "common_name", None) or country.name
+    return name, NETWORKS.get(phonenumbers.number_type(num), "?")
 
 
 def cdr_type(a: str | None, b: str | None) -> str:
@@ -144,21 +162,26 @@ def cdr_type(a: str | None, b: str | None) -> str:
 
 def read_csv(name: str) -> list[dict[str, str]]:
     with (CONFIG / name).open(newline="") as f:
-        return list(csv.DictReader(f))
+        return list(csv.DictReader(line for line in f if not line.lstrip().startswith("#")))
 
 
 def pick_rate(deck: str, digits: str, category: str, at: datetime) -> dict | None:
-    best = None
-    for row in read_csv("rates.csv"):
-        when = datetime.fromisoformat(row["effective_from"]).replace(tzinfo=UTC)
-        if row["deck"] != deck or not digits.startswith(row["prefix"]) or when > at:
-            continue
-        if row["category"] not in ("", category):
-            continue
-        rank = (len(row["prefix"]), row["category"] == category, when)
-        if best is None or rank > best[0]:
-            best = (rank, row)
-    return best[1] if best else None
+    """Category first: the rows of the call's category (longest prefix, newest in force),
+    only without any of them the uncategorised rows."""
+    for wanted in (category, ""):
+        best = None
+        for row in read_csv("rates.csv"):
+            when = datetime.fromisoformat(row["effective_from"]).replace(tzinfo=UTC)
+            if row["deck"] != deck or not digits.startswith(row["prefix"]) or when > at:
+                continue
+            if row["category"] != wanted:
+                continue
+            rank = (len(row["prefix"]), when)
+            if best is None or rank > best[0]:
+                best = (rank, row)
+        if best is not None:
+            return best[1]
+    return None
 
 
 def money(fee: Decimal, first: Decimal, rest: Decimal, i: int, billed: int, d: int) -> Decimal:
@@ -210,11 +233,14 @@ def check_sample(by_id: dict, messages: list) -> None:
         )
         assert cdr.status == status
         assert (cdr.disconnect_code, cdr.disconnect_reason) == (code, end["disconnect_reason"])
-        assert (cdr.account, cdr.gateway, cdr.source) == (
-            start["account"],
-            start["gateway"],
-            start["source"],
+        owner = (
+            trunks[start["trunk"]]["account"]
+            if start["direction"] == "outbound" and start["trunk"] in trunks
+            else dids[start["did"]]["account"]
+            if start["direction"] == "inbound" and start["did"] in dids
+            else start["account"]
         )
+        assert (cdr.account, cdr.gateway, cdr.source) == (owner, start["gateway"], start["source"])
         if start["direction"] == "outbound":
             trunk = trunks.get(start["trunk"])
             cli = (trunk["replace_cli"] or start["source"]) if trunk else start["source"]
@@ -238,7 +264,11 @@ def check_sample(by_id: dict, messages: list) -> None:
             assert cdr.charged == money(
                 Decimal(row["connection_fee"] or 0), first, rate, i, billed(d, i, r), d
             ), call_id
-            assert (cdr.country_name, cdr.network_name) == (row["country"], row["network"])
+            name, network = names_of(start["destination"])
+            assert (cdr.country_name, cdr.network_name) == (
+                row["country"] or name,
+                row["network"] or network,
+            )
         else:
             did = dids[start["did"]]
             i = int(did["initial_increment"] or 1)

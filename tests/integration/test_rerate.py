@@ -37,6 +37,9 @@ SIM_START = NOW - timedelta(days=3)
 HAND_START = NOW - timedelta(days=2)
 WINDOW = (NOW - timedelta(days=4), NOW)
 ACCOUNT = "acc-hand"  # the hand-built calls' account: its totals are exactly known
+# The hand-built calls' trunk and DID, owned by ACCOUNT (added to a copy of the samples).
+HAND_TRUNK = "Hand Trunk,acc-hand,standard,,\n"
+HAND_DID = "493012345670,acc-hand,,,term,1,1\n"
 
 # rates.csv edits: Germany fixed on the standard deck from 0.0120 to 0.0180 per minute, and
 # Japan added to the standard deck (with a fee and per-minute steps) and the termination deck.
@@ -55,7 +58,7 @@ def ev(kind: str, call: str, at: datetime, **fields: object) -> Event:
 def hand_cdrs(refdata) -> list[CDR]:
     """Four calls of ACCOUNT, rated with the sample decks as the workers would have."""
     t = HAND_START
-    out = dict(gateway="gw-hand", direction="outbound", account=ACCOUNT, trunk="Outbound Trunk 1")
+    out = dict(gateway="gw-hand", direction="outbound", account=ACCOUNT, trunk="Hand Trunk")
     bye = dict(disconnect_code=200, disconnect_reason="Bye", disconnect_initiator="origination")
     calls = []
     # 1. Germany fixed, answered 125 s: 125 * 0.0120 / 60 = 0.025000 -> 0.0180: 0.037500
@@ -79,8 +82,8 @@ def hand_cdrs(refdata) -> list[CDR]:
             refdata,
         )
     )
-    # 3. UK fixed, closed as timed out 4 h after start, connected after 5 s: 14395 s billed
-    #    per minute -> 14400 s * 0.0150 / 60 = 3.600000; no rate of it changes.
+    # 3. UK fixed, closed as timed out 4 h after start, connected after 5 s: stored unrated
+    #    (a timed-out call is not billed by default), and re-rating leaves it so.
     s = ev("start", "hand-uk", t + timedelta(minutes=2), source="12125550100",
            destination="442079460999", **out)  # fmt: skip
     calls.append(
@@ -92,11 +95,11 @@ def hand_cdrs(refdata) -> list[CDR]:
             timed_out_at=t + timedelta(minutes=2, hours=4),
         )
     )
-    # 4. Inbound to DID 493012345678 (term deck, 1/1 increments) sent on to a Japanese number:
+    # 4. Inbound to DID 493012345670 (term deck, 1/1 increments) sent on to a Japanese number:
     #    no termination rate -> unrated; after: 30 s * 0.0500 / 60 = 0.025000
     s = ev("start", "hand-in", t + timedelta(minutes=3), gateway="gw-hand", direction="inbound",
            account=ACCOUNT, source="442079460555", destination="tel:+81312345678",
-           did="493012345678")  # fmt: skip
+           did="493012345670")  # fmt: skip
     calls.append(
         build_cdr(
             s,
@@ -119,6 +122,10 @@ def hand_cdrs(refdata) -> list[CDR]:
 def config_dir(tmp_path: Path) -> Path:
     target = tmp_path / "config"
     shutil.copytree(CONFIG, target)
+    with (target / "trunks.csv").open("a", encoding="utf-8") as f:
+        f.write(HAND_TRUNK)
+    with (target / "dids.csv").open("a", encoding="utf-8") as f:
+        f.write(HAND_DID)
     return target
 
 
@@ -133,7 +140,7 @@ def change_rates(config_dir: Path) -> None:
 def store(tmp_path: Path, config_dir: Path) -> Iterator[Client]:
     """A store with a replay of 3000 simulated calls and the hand-built calls."""
     cfg = SimConfig(
-        calls=3000, seed=66, config_dir=str(config_dir), start=SIM_START, call_rate=1.0,
+        calls=3000, seed=66, config_dir=str(CONFIG), start=SIM_START, call_rate=1.0,
         duplicate=0.02, reorder=0.02, late=0.01, never_ending=0.01,
     )  # fmt: skip
     events = tmp_path / "events.jsonl"
@@ -189,7 +196,8 @@ def test_rerate_amounts_versions_and_unrated(store: Client, config_dir: Path) ->
     rows_before = raw_rows(store)
     assert before["hand-de"].charged == Decimal("0.025000")
     assert not before["hand-jp"].rated and before["hand-jp"].charged is None
-    assert before["hand-uk"].charged == Decimal("3.600000") and before["hand-uk"].timed_out
+    assert before["hand-uk"].charged is None and before["hand-uk"].timed_out
+    assert not before["hand-uk"].rated
     assert not before["hand-in"].rated and before["hand-in"].termination_amount is None
 
     change_rates(config_dir)
@@ -214,8 +222,8 @@ def test_rerate_amounts_versions_and_unrated(store: Client, config_dir: Path) ->
     assert uk == before["hand-uk"]  # unchanged: not rewritten, still revision 1
     assert inbound.rated and inbound.termination_amount == Decimal("0.025000")
     mine = summary.accounts[("outbound", ACCOUNT)]
-    assert (mine.count, mine.changed, mine.unrated_before, mine.unrated_after) == (3, 2, 1, 0)
-    assert mine.charged_before == Decimal("3.625") and mine.charged_after == Decimal("3.8275")
+    assert (mine.count, mine.changed, mine.unrated_before, mine.unrated_after) == (3, 2, 2, 1)
+    assert mine.charged_before == Decimal("0.025") and mine.charged_after == Decimal("0.2275")
     mine_in = summary.accounts[("inbound", ACCOUNT)]
     assert (mine_in.changed, mine_in.unrated_before, mine_in.unrated_after) == (1, 1, 0)
 
@@ -295,7 +303,7 @@ def test_rerate_command_line(tmp_path: Path, config_dir: Path, capsys) -> None:
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     row = next(line.split() for line in lines if line.startswith("outbound") and ACCOUNT in line)
-    assert row[2:] == ["3", "2", "1", "0", "3.625000", "3.827500", "0.202500"]
+    assert row[2:] == ["3", "2", "2", "1", "0.025000", "0.227500", "0.202500"]
     assert "4 CDRs read, 3 changed, 3 new revisions written" in captured.out
     assert "warning" in captured.err  # the window reaches into the workers' memory
 
@@ -306,3 +314,43 @@ def test_rerate_command_line(tmp_path: Path, config_dir: Path, capsys) -> None:
     bad = parser.parse_args(["rerate", "--from", "yesterday", "--to", "2026-01-01"])
     assert bad.func(bad) == 2
     assert "time_from" in capsys.readouterr().err
+
+
+def test_rerating_never_moves_a_call_to_another_account(config_dir: Path) -> None:
+    """The stored account is part of the row's key and the event's own account is gone: a
+    re-rating keeps both the account and a mismatch found when the call was first rated."""
+    refdata = load_refdata(config_dir)
+    t = HAND_START
+    start = ev("start", "mis", t, gateway="gw", direction="outbound", account="acc-9999",
+               source="12125550100", destination="493012345678", trunk="Hand Trunk")  # fmt: skip
+    bye = dict(disconnect_code=200, disconnect_reason="Bye", disconnect_initiator="origination")
+    first = build_cdr(
+        start, ev("connect", "mis", t), ev("end", "mis", t + timedelta(seconds=60), **bye), refdata
+    )
+    assert first.account == ACCOUNT and first.flags == ("account_mismatch",)
+    assert rerated(first, refdata) is None  # nothing changes with the same data
+    change_rates(config_dir)
+    trunks = config_dir / "trunks.csv"
+    trunks.write_text(trunks.read_text().replace("Hand Trunk,acc-hand", "Hand Trunk,acc-other"))
+    new = rerated(first, load_refdata(config_dir))
+    assert new is not None and new.charged != first.charged
+    assert (new.account, new.flags) == (ACCOUNT, ("account_mismatch",))
+
+
+def test_rerating_keeps_a_duration_measured_beyond_microseconds(config_dir: Path) -> None:
+    """Stored times stop at microseconds; a duration that was one second longer because of
+    the digits beyond comes out the same when the call is rebuilt."""
+    refdata = load_refdata(config_dir)
+    t = HAND_START
+    start = ev("start", "ns", t, gateway="gw", direction="outbound", account=ACCOUNT,
+               source="12125550100", destination="493012345678", trunk="Hand Trunk")  # fmt: skip
+    connect = Event(kind="connect", id="ns", ts=t, ts_sub_us="1")
+    end = Event(kind="end", id="ns", ts=t + timedelta(seconds=10), ts_sub_us="2",
+                disconnect_code=200, disconnect_reason="Bye",
+                disconnect_initiator="origination")  # fmt: skip
+    cdr = build_cdr(start, connect, end, refdata)
+    assert cdr.duration == 11
+    assert rerated(cdr, refdata) is None
+    change_rates(config_dir)
+    new = rerated(cdr, load_refdata(config_dir))
+    assert new is not None and new.duration == 11 and new.billing_duration == 11
