@@ -316,6 +316,8 @@ def run_demo(
         f" trunks and {exp['never_ending']} that never end"
     )
     print(f"  timed out            {sum(t.timed_out for t in summary.values())}")
+    mismatched = sum(t.account_mismatch for t in summary.values())
+    print(f"  account mismatch     {mismatched} (stored under the trunk's or DID's owner)")
     print(
         f"dead-lettered          {dlq} (injected: malformed {exp['malformed_messages']}, "
         f"orphan messages {exp['orphan_messages']}; orphans go once their wait has passed)"
