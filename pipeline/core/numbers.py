@@ -26,8 +26,9 @@ Decisions (SPEC section 3, "Billing-grade rules"):
 from __future__ import annotations
 
 import re
-import re._constants as _sre  # the parsed form of libphonenumber's patterns, see _plan_depth
+import re._constants as _sre  # the parsed form of libphonenumber's patterns, see _plan
 import re._parser as _sre_parse
+from collections.abc import Callable
 from functools import cache, lru_cache
 from typing import Any, NamedTuple
 
@@ -103,14 +104,25 @@ _CACHE_SIZE = 1 << 18
 
 
 _by_plan: dict[tuple[str, int], NumberInfo] = {}
+_by_number: dict[str, NumberInfo] = {}  # the numbers seen most recently, as given
+
+
+def clear_caches() -> None:
+    """Forget every cached answer (tests, benchmarks)."""
+    _by_plan.clear()
+    _by_number.clear()
 
 
 def describe(digits: str) -> NumberInfo:
     """Facts about an E.164 number given as digits (a leading "+" is tolerated).
 
     Empty, non-digit, unparseable or invalid input gives no country (`UNKNOWN`, or a
-    non-geographic description). Cached per decisive prefix and length (`_plan_key`).
+    non-geographic description). Cached per number, and per decisive prefix and length
+    (`_plan_key`) for numbers not seen before.
     """
+    info = _by_number.get(digits)
+    if info is not None:
+        return info
     d = digits[1:] if digits.startswith("+") else digits
     key = (d[: _plan_key(d)], len(d))
     info = _by_plan.get(key)
@@ -118,6 +130,9 @@ def describe(digits: str) -> NumberInfo:
         if len(_by_plan) >= _CACHE_SIZE:
             _by_plan.clear()
         info = _by_plan[key] = _describe(d)
+    if len(_by_number) >= _CACHE_SIZE:
+        _by_number.clear()
+    _by_number[digits] = info
     return info
 
 
@@ -195,10 +210,24 @@ _DESCS = (
 )  # fmt: skip
 
 
+_Plan = tuple[int, int, Callable[[str, int], Any] | None]
+
+
 @cache
-def _plan_depth(cc: int) -> tuple[int, re.Pattern[str] | None]:
-    """(depth of the national number that decides region and type for calling code `cc`,
-    the main region's national prefix pattern or None)."""
+def _plan(head: str) -> _Plan:
+    """For numbers starting with the digits `head` (three of them): (length of their calling
+    code, 0 if they have none; the depth of the national number that decides region and type;
+    the main region's national prefix pattern's ``match``, or None)."""
+    cc, national = _extract_country_code(head)
+    if cc == 0:
+        return 0, 0, None
+    return (len(head) - len(national), *_calling_code_plan(cc))
+
+
+@cache
+def _calling_code_plan(cc: int) -> tuple[int, Callable[[str, int], Any] | None]:
+    """(the depth of the national number that decides region and type, over every region of
+    calling code `cc`; the main region's national prefix pattern's ``match``, or None)."""
     depth = 0
     for region in COUNTRY_CODE_TO_REGION_CODE.get(cc, ()):
         md = PhoneMetadata.metadata_for_region_or_calling_code(cc, region)
@@ -212,8 +241,7 @@ def _plan_depth(cc: int) -> tuple[int, re.Pattern[str] | None]:
     md0 = PhoneMetadata.metadata_for_region_or_calling_code(cc, region_code_for_country_code(cc))
     prefix = md0.national_prefix_for_parsing if md0 is not None else None
     if prefix:
-        depth = max(depth, _pattern_depth(prefix))
-        return depth, re.compile(prefix)
+        return max(depth, _pattern_depth(prefix)), re.compile(prefix).match
     return depth, None
 
 
@@ -222,13 +250,12 @@ def _plan_key(d: str) -> int:
     n = len(d)
     if not 3 <= n <= 20 or not (d.isascii() and d.isdigit()):
         return n  # the slow, general path or no number at all: the whole text is the key
-    cc, national = _extract_country_code(d)
-    if cc == 0:
+    cc_len, depth, prefix = _plan(d[:3])
+    if cc_len == 0:
         return 3  # no calling code in the first three digits: UNKNOWN, whatever follows
-    depth, prefix = _plan_depth(cc)
-    if prefix is not None and prefix.match(national):
+    if prefix is not None and prefix(d, cc_len):
         return n  # a national prefix after the calling code: rare, and may be rewritten
-    return min(n, max(3, n - len(national) + depth))
+    return min(n, max(3, cc_len + depth))
 
 
 def _parse_e164(d: str) -> PhoneNumber | None:
