@@ -1,4 +1,4 @@
-"""Hostile gateway messages (issue #5): the parser and the engine survive anything.
+"""Hostile gateway messages: the parser and the engine survive anything.
 
 Every message either becomes an `Event` whose typed fields hold what the schema promises, or is
 refused with `InvalidEvent` carrying a non-empty, human-readable reason; through `Engine.feed` a
