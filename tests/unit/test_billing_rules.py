@@ -116,43 +116,41 @@ def answered(engine: Engine, call_id: str, **fields) -> CDR:
     return call(engine, start(call_id, **fields), connect(call_id), end(call_id))
 
 
+def answered_inbound(
+    engine: Engine, call_id: str, did: str, destination: str, account: str = "acc-2001"
+) -> CDR:
+    """`answered` for an inbound call to `did` delivered to `destination`."""
+    return answered(
+        engine, call_id, direction="inbound", account=account, did=did, destination=destination
+    )
+
+
 # ----------------------------------------------------------------- a SIP URI is not the PSTN
 
 
 def test_a_did_delivered_to_a_sip_uri_has_no_termination_amount(engine: Engine):
-    cdr = answered(
+    cdr = answered_inbound(
         engine,
         "pbx",
-        direction="inbound",
-        account="acc-2001",
         did="442079460123",
         destination="sip:442079460123@pbx.customer.example",
+        account="acc-2001",
     )
     assert cdr.termination_amount is None and cdr.rated and cdr.flags == ()
     assert cdr.metered_amount == D("0.006000")  # 60 s at 0.0060/min
 
 
 def test_a_sip_uri_on_a_did_without_termination_deck_is_rated(engine: Engine):
-    cdr = answered(
-        engine,
-        "ip",
-        direction="inbound",
-        account="acc-2002",
-        did=FR_FIXED,
-        destination="sip:+33142685300@10.0.0.5",
+    cdr = answered_inbound(
+        engine, "ip", did=FR_FIXED, destination="sip:+33142685300@10.0.0.5", account="acc-2002"
     )
     assert cdr.rated and cdr.termination_amount is None and cdr.flags == ()
 
 
 def test_tel_and_digits_are_pstn_terminations(engine: Engine):
     for call_id, destination in (("tel", "tel:+33142685300"), ("digits", "+33142685300")):
-        cdr = answered(
-            engine,
-            call_id,
-            direction="inbound",
-            account="acc-2001",
-            did="442079460123",
-            destination=destination,
+        cdr = answered_inbound(
+            engine, call_id, did="442079460123", destination=destination, account="acc-2001"
         )
         assert cdr.termination_amount == D("0.010000"), destination  # 60 s at 0.0100/min
 
@@ -188,13 +186,8 @@ def test_the_trunks_owner_is_the_account(engine: Engine):
 
 
 def test_the_dids_owner_is_the_account(engine: Engine):
-    cdr = answered(
-        engine,
-        "own-in",
-        direction="inbound",
-        account="acc-9999",
-        did="442079460123",
-        destination="sip:1001@pbx",
+    cdr = answered_inbound(
+        engine, "own-in", did="442079460123", destination="sip:1001@pbx", account="acc-9999"
     )
     assert cdr.account == "acc-2001" and cdr.flags == ("account_mismatch",)
 
@@ -206,13 +199,8 @@ def test_an_unknown_trunk_is_unrated_under_the_events_account(engine: Engine):
 
 
 def test_an_unknown_did_is_unrated_and_flagged(engine: Engine):
-    cdr = answered(
-        engine,
-        "unk-did",
-        direction="inbound",
-        account="acc-7",
-        did="442079460999",
-        destination="sip:1001@pbx",
+    cdr = answered_inbound(
+        engine, "unk-did", did="442079460999", destination="sip:1001@pbx", account="acc-7"
     )
     assert (cdr.account, cdr.flags, cdr.rated) == ("acc-7", ("unknown_did",), False)
     assert (cdr.toll_free_amount, cdr.metered_amount, cdr.termination_amount) == (None,) * 3
@@ -278,13 +266,8 @@ def test_a_withheld_caller_id_keeps_the_call(engine: Engine, source: str):
 def test_destination_and_did_are_normalised(engine: Engine):
     out = answered(engine, "plus", destination="+33142685300")
     assert out.destination == FR_FIXED and out.rated
-    inbound = answered(
-        engine,
-        "did00",
-        direction="inbound",
-        account="acc-2001",
-        did="00442079460123",
-        destination="sip:1001@pbx",
+    inbound = answered_inbound(
+        engine, "did00", did="00442079460123", destination="sip:1001@pbx", account="acc-2001"
     )
     assert inbound.did == "442079460123" and inbound.rated and inbound.flags == ()
 
