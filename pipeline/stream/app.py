@@ -43,7 +43,7 @@ from pipeline.stream.codec import (
     state_from_bytes,
     state_to_bytes,
 )
-from pipeline.stream.progress import WORKER_GROUP
+from pipeline.stream.progress import WORKER_GROUP, end_offsets
 from pipeline.stream.runtime import (
     REFDATA_POLL_S,
     TICK_INTERVAL_S,
@@ -234,21 +234,37 @@ def create_app(
     async def poll_refdata() -> None:
         reload_refdata(refdata)
 
-    watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
     fence = CommitFence()
+    # The fence knows what the agent processed: a partition starved while the agent works
+    # through a backlog elsewhere is told from one whose commit or delivery is stuck.
+    watchdog = CommitWatchdog(
+        stall_s=float(config.env("CDRPIPE_STALL_S", "60")), processed=fence.limit
+    )
 
     @app.timer(WATCHDOG_POLL_S)
     async def watch_commits() -> None:
         if app.rebalancing or not runtime.assigned:
             watchdog.reset(time.monotonic())  # table recovery may take its time
             return
-        ends = {}
-        for tp in app.consumer.assignment():
-            if tp.topic in INPUT_TOPICS or tp.topic == TOPIC_TICKS:
-                high = app.consumer.highwater(tp)
-                if high is not None:
-                    ends[(tp.topic, tp.partition)] = high
-        await check_commits(watchdog, bootstrap, ends)
+        owned = {
+            (tp.topic, tp.partition)
+            for tp in app.consumer.assignment()
+            if tp.topic in INPUT_TOPICS or tp.topic == TOPIC_TICKS
+        }
+        # The broker's end offsets, not the consumer's highwater marks: those only move
+        # when the consumer fetches the partition, and a partition it no longer fetches
+        # would look as if nothing waited on it.
+        try:
+            ends = await end_offsets(bootstrap, (*INPUT_TOPICS, TOPIC_TICKS))
+        except Exception:
+            watchdog.reset(time.monotonic())  # a broker that does not answer is no stall
+            return
+        owned_ends = {
+            (tp.topic, tp.partition): end
+            for tp, end in ends.items()
+            if (tp.topic, tp.partition) in owned
+        }
+        await check_commits(watchdog, bootstrap, owned_ends)
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:

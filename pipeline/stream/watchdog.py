@@ -9,44 +9,118 @@ that partition stop reaching the store. The cure Faust itself recommends is a
 restart: the worker re-executes itself, recovers its table from the changelog,
 re-reads from the committed offsets and re-sends outputs in doubt.
 
-`CommitWatchdog` is the pure decision; the Faust app feeds it committed and
-end offsets from a timer.
+`CommitWatchdog` is the pure decision; the workers feed it committed and end
+offsets from a timer.
+
+A commit that stands still is not enough to call a partition stalled. A worker
+working through a backlog longer than the stall time serves its partitions
+unevenly: Faust delivers next to no `cdrpipe.ticks` messages while input
+topics have a backlog (their partitions go round robin, the ticks wait for the
+end of the backlog), so the ticks partitions have waiting messages and no new
+commit for most of the catch-up. Judging by commits alone restarted a healthy
+worker every `stall_s` of any catch-up, and each restart began the catch-up
+anew. So, when the watchdog knows what the worker processed (`processed`, the
+Faust agent's commit fence), it tells the two ways of not committing apart:
+
+- **The commit does not follow the processing**: the worker processed messages
+  of the partition beyond its committed offset, and that commit has not moved
+  for `stall_s`. Commits run every second for every partition with processed
+  messages, however busy the worker is, so this is the commit path broken for
+  that partition (the Faust bug above), never a busy worker: a stall.
+- **The partition is not served**: messages wait beyond what the worker
+  processed, and it processed none of them for `stall_s`. That is a stall only
+  if the worker was not busy elsewhere during that time. Busy means working
+  through a backlog: at some check the worker progressed on a partition and
+  still had not reached the end offset that partition had at the check before
+  (it has more waiting than it processes between two checks). A worker that
+  keeps up with its traffic is never busy in this sense, so a partition it
+  stops serving is caught after `stall_s`; a partition starved by a catch-up
+  gets served within seconds once the backlog is gone, and the grace of
+  `stall_s` after the last busy check covers that. A partition that is never
+  served while the worker stays overloaded cannot be told from one starved by
+  scheduling until the overload ends; the worker's lag shows it meanwhile.
+
+Without `processed` (the batch worker, whose fetches hand out every partition's
+fetched records in turn, ticks included), the committed offset stands for the
+progress and any partition with messages waiting beyond a commit that has not
+moved for `stall_s` is stalled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 TP = tuple[str, int]
 
 
 @dataclass(slots=True)
+class _Seen:
+    """One partition as the previous check left it."""
+
+    committed: int | None
+    processed: int | None
+    end: int
+    commit_moved: float  # the commit last moved, or nothing waited beyond it
+    served: float  # the processed offset last moved, or nothing waited beyond it
+    ahead_since: float | None  # processed beyond a commit that has not moved since then
+
+
+@dataclass(slots=True)
 class CommitWatchdog:
-    """Which owned partitions have had a backlog but no new commit for `stall_s` seconds."""
+    """Which owned partitions have stopped making progress for `stall_s` seconds although
+    messages wait beyond their commit (see the module docstring for the rule)."""
 
     stall_s: float = 60.0
-    _since: dict[TP, tuple[int | None, float]] = field(default_factory=dict)
+    # The offset after the last message the worker processed, per partition (None:
+    # nothing yet); None: the worker cannot say, its commits stand for its progress.
+    processed: Callable[[TP], int | None] | None = None
+    _seen: dict[TP, _Seen] = field(default_factory=dict)
+    _busy_at: float = float("-inf")  # last check that found the worker working off a backlog
 
     def reset(self, now: float) -> None:
         """A rebalance or recovery: every partition starts a fresh grace period."""
-        self._since = {tp: (offset, now) for tp, (offset, _) in self._since.items()}
+        for seen in self._seen.values():
+            seen.commit_moved = seen.served = now
+            if seen.ahead_since is not None:
+                seen.ahead_since = now
 
     def check(self, committed: Mapping[TP, int], ends: Mapping[TP, int], now: float) -> list[TP]:
-        """Partitions of `ends` (the owned ones) whose commit has not moved for `stall_s`
-        although messages were waiting beyond it."""
-        stalled = []
-        since = {}
+        """Partitions of `ends` (the owned ones, with their end offsets) that are stalled."""
+        seen: dict[TP, _Seen] = {}
         for tp, end in ends.items():
             offset = committed.get(tp)
-            last_offset, last_change = self._since.get(tp, (offset, now))
-            if offset != last_offset or end <= (offset or 0):
-                last_change = now  # progress, or nothing to do
-            since[tp] = (offset, last_change)
-            if now - last_change >= self.stall_s:
-                stalled.append(tp)
-        self._since = since
-        return stalled
+            done = offset if self.processed is None else self.processed(tp)
+            prev = self._seen.get(tp)
+            if prev is None:  # new (or again) ours: a fresh grace period
+                prev = _Seen(offset, done, end, now, now, None)
+            elif _advanced(done, prev.processed) and (done or 0) < prev.end:
+                self._busy_at = now  # progress, and still short of what waited last time
+            commit_moved = prev.commit_moved
+            if offset != prev.committed or end <= (offset or 0):
+                commit_moved = now
+            served = prev.served
+            if done != prev.processed or end <= (done or 0):
+                served = now
+            ahead_since = None
+            if done is not None and (offset is None or done > offset):
+                same_commit = offset == prev.committed and prev.ahead_since is not None
+                ahead_since = prev.ahead_since if same_commit else now
+            seen[tp] = _Seen(offset, done, end, commit_moved, served, ahead_since)
+        self._seen = seen
+        return [tp for tp, s in seen.items() if self._stalled(s, now)]
+
+    def _stalled(self, seen: _Seen, now: float) -> bool:
+        if self.processed is None:
+            return now - seen.commit_moved >= self.stall_s
+        if seen.ahead_since is not None and now - seen.ahead_since >= self.stall_s:
+            return True  # processed, and the commit does not follow
+        # not served, while the worker had nothing else to catch up with
+        return now - seen.served >= self.stall_s and now - self._busy_at >= self.stall_s
+
+
+def _advanced(offset: int | None, before: int | None) -> bool:
+    return offset is not None and (before is None or offset > before)
 
 
 @dataclass(slots=True)
