@@ -36,7 +36,7 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -81,7 +81,11 @@ from pipeline.stream.watchdog import TP, CommitWatchdog
 log = logging.getLogger(__name__)
 
 MAX_RECORDS = 20_000  # messages per cycle
+# After an assignment the first cycle takes an eighth of that, and each next one twice as many:
+# its outputs and commit come after 2,500 messages instead of 20,000 (`bench/startup_bench.py`).
+RAMP_FROM = 8
 GAUGE_POLL_S = 5.0
+FETCH_MAX_BYTES = 32 * 1024 * 1024  # one fetch response, all partitions together
 # Partition p of every input topic (and of the ticks) must go to the same worker: a call's
 # three events are on partition p of three topics. The range assignor lays out each topic's
 # partitions in the same member order, so it co-partitions topics of equal partition counts;
@@ -90,6 +94,84 @@ GAUGE_POLL_S = 5.0
 ASSIGNOR = RangePartitionAssignor
 OWN_TOPICS = (*INPUT_TOPICS, TOPIC_TICKS)  # what a worker consumes, partition by partition
 COMMIT_TIMEOUT_S = 10.0
+RESTORE_YIELD_EVERY = 5_000  # states decoded between two turns of the event loop
+
+
+def partition_fetch_bytes(partitions: int) -> int:
+    """The most one fetch takes of one topic-partition: a fetch response then holds every
+    topic-partition a worker can own (each topic's `partitions`).
+
+    The broker fills a response partition by partition, in request order, which aiokafka
+    groups by topic. With 4 MB per partition, a 32 MB response held 8 partitions of one
+    topic: a worker started on a backlog spent its first 60,000-100,000 messages on starts,
+    connects or ends alone and emitted its first CDR seconds later (`bench/startup_bench.py`).
+    """
+    per_partition = FETCH_MAX_BYTES // (len(OWN_TOPICS) * max(1, partitions))
+    return max(256 * 1024, min(4 * 1024 * 1024, per_partition))
+
+
+async def fetch_evenly(
+    consumer: AIOKafkaConsumer,
+    max_records: int,
+    timeout_ms: int,
+    rebalances: Callable[[], int] = lambda: 0,
+) -> dict[TopicPartition, list[Any]]:
+    """Up to `max_records` fetched messages, at most an equal share of each owned
+    topic-partition first, then any others in the order aiokafka keeps them; waits up to
+    `timeout_ms` for the first. Returned as start, connect, end, then ticks.
+
+    aiokafka hands out its buffered messages partition after partition, so on a backlog a
+    plain `getmany` filled whole cycles with one topic: starts without their ends, no CDR,
+    and each call written to the changelog once per topic instead of once per cycle. Even
+    shares keep the three topics of a cycle at about the same time.
+
+    Only the first `getmany` waits; the others take what is buffered, unless a rebalance
+    begins (`rebalances()`, counted by the listener, changes): messages of the new
+    assignment are then put back (seek) rather than joined to those of the old one.
+    """
+    owned = consumer.assignment()
+    # Before the first assignment the shares are unknown: one message, then share out.
+    first = max(1, max_records // len(owned)) if owned else 1
+    batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=first)
+    taken = sum(map(len, batch.values()))
+    if taken < first:  # everything buffered: no backlog to share out
+        return _in_topic_order(batch)
+    generation = rebalances()
+    owned = sorted(consumer.assignment())
+    share = max(1, max_records // max(1, len(owned)))
+
+    async def more(*tps: TopicPartition, limit: int) -> int:
+        records = await consumer.getmany(*tps, max_records=limit)
+        if rebalances() != generation:
+            owned_now = consumer.assignment()
+            for tp, got in records.items():
+                if tp in owned_now:
+                    consumer.seek(tp, got[0].offset)
+            return -1
+        for tp, got in records.items():
+            batch.setdefault(tp, []).extend(got)
+        return sum(map(len, records.values()))
+
+    for tp in owned:
+        want = min(share - len(batch.get(tp, ())), max_records - taken)
+        if want > 0:
+            got = await more(tp, limit=want)
+            if got < 0:
+                return _in_topic_order(batch)
+            taken += got
+    if taken < max_records:
+        await more(limit=max_records - taken)
+    return _in_topic_order(batch)
+
+
+_TOPIC_RANK = {topic: rank for rank, topic in enumerate(OWN_TOPICS)}
+
+
+def _in_topic_order(batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+    """A call's events in the order they happen (fewer corrected CDR versions in a cycle)."""
+    return dict(
+        sorted(batch.items(), key=lambda item: (_TOPIC_RANK.get(item[0].topic, 9), item[0]))
+    )
 
 
 class GcPolicy:
@@ -237,16 +319,16 @@ class BatchWorker:
     ) -> None:
         self.bootstrap = bootstrap or config.kafka_bootstrap()
         self.partitions = partitions or config.partitions()
-        self.refdata = RefDataHolder(config.config_dir())
+        self.config_dir = config.config_dir()
+        self.settings = settings or config.deadlines()
+        self.idle_after = idle_after
         self.states = ChangelogStates()
-        self.runtime = WorkerRuntime(
-            self.refdata,
-            self.states,
-            settings or config.deadlines(),
-            self.partitions,
-            idle_after,
-        )
+        # Loaded by `run` beside the broker, group and changelog waits; see `_runtime`.
+        self.loading: asyncio.Future[RefDataHolder]
+        self.refdata: RefDataHolder
+        self.runtime: WorkerRuntime
         self.max_records = max_records
+        self.limit = max(1, max_records // RAMP_FROM)  # of the next cycle: see RAMP_FROM
         self.watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
         self.lock = asyncio.Lock()
         self.held: set[int] = set()  # partitions whose states are in memory and current
@@ -254,6 +336,7 @@ class BatchWorker:
         # the next assignment's recovery, none (see `cycle`).
         self.ready: set[int] = set()
         self.position: dict[TP, int] = {}  # next offset to process, per owned topic-partition
+        self.rebalances = 0  # listener calls so far (`fetch_evenly`)
         self.stopping = asyncio.Event()
         # Last time the processing loop or a recovery made progress: the watchdog restarts
         # a worker whose loop is stuck (a hang is worse than a crash: nothing recovers it).
@@ -265,8 +348,18 @@ class BatchWorker:
     # -- life cycle --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await wait_for_broker(self.bootstrap)
-        await ensure_topics_async(self.bootstrap, self.partitions)
+        # The reference data is read and checked in a thread while the worker waits for the
+        # broker, the group and the changelog (a production rate deck takes a second or more:
+        # 45,000 rows 0.7 s). Nothing is rated before it is in force: the runtime that rates
+        # exists only from then on, and `on_assigned` waits for it before re-sending outputs
+        # in doubt and letting messages be processed.
+        self.loading = asyncio.ensure_future(asyncio.to_thread(RefDataHolder, self.config_dir))
+        try:
+            await wait_for_broker(self.bootstrap)
+            await ensure_topics_async(self.bootstrap, self.partitions)
+        except BaseException:
+            await asyncio.gather(self.loading, return_exceptions=True)
+            raise
         self.producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -287,8 +380,8 @@ class BatchWorker:
             heartbeat_interval_ms=3_000,
             max_poll_records=self.max_records,
             partition_assignment_strategy=(ASSIGNOR,),
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=partition_fetch_bytes(self.partitions),
+            fetch_max_bytes=FETCH_MAX_BYTES,
             # Under load, fewer and fuller fetches (the broker answers as soon as 256 KB are
             # there); when traffic is light, a fetch waits at most 20 ms for more.
             fetch_min_bytes=256 * 1024,
@@ -301,13 +394,16 @@ class BatchWorker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-        timers = [
-            asyncio.create_task(self._every(TICK_INTERVAL_S, self._tick)),
-            asyncio.create_task(self._every(REFDATA_POLL_S, self._reload_refdata)),
-            asyncio.create_task(self._every(WATCHDOG_POLL_S, self._watch_commits)),
-            asyncio.create_task(self._every(GAUGE_POLL_S, self._gauges)),
-        ]
+        timers: list[asyncio.Task[None]] = []
         try:
+            # Malformed reference data ends the worker here: there is no last good version.
+            await self._runtime()
+            timers = [
+                asyncio.create_task(self._every(TICK_INTERVAL_S, self._tick)),
+                asyncio.create_task(self._every(REFDATA_POLL_S, self._reload_refdata)),
+                asyncio.create_task(self._every(WATCHDOG_POLL_S, self._watch_commits)),
+                asyncio.create_task(self._every(GAUGE_POLL_S, self._gauges)),
+            ]
             await self._loop()
             if not self.stopping.is_set():
                 raise RuntimeError("the processing loop ended without being asked to stop")
@@ -317,6 +413,16 @@ class BatchWorker:
             await self.consumer.stop()  # leaves the group: the others take over at once
             await self.producer.stop()
 
+    async def _runtime(self) -> WorkerRuntime:
+        """The runtime, as soon as the reference data is loaded (`run`)."""
+        refdata = await asyncio.shield(self.loading)
+        if not hasattr(self, "runtime"):
+            self.refdata = refdata
+            self.runtime = WorkerRuntime(
+                refdata, self.states, self.settings, self.partitions, self.idle_after
+            )
+        return self.runtime
+
     def _stop(self, sig: signal.Signals) -> None:
         log.warning("%s: finishing the cycle in progress, then leaving the group", sig.name)
         self.stopping.set()
@@ -325,7 +431,7 @@ class BatchWorker:
         stopping = asyncio.ensure_future(self.stopping.wait())
         while not self.stopping.is_set():
             fetch = asyncio.ensure_future(
-                self.consumer.getmany(timeout_ms=200, max_records=self.max_records)
+                fetch_evenly(self.consumer, self.limit, 200, lambda: self.rebalances)
             )
             await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not fetch.done():
@@ -336,6 +442,7 @@ class BatchWorker:
                 async with self.lock:
                     await self.cycle(batch)
                 self.gc.after_cycle()
+                self.limit = min(self.max_records, 2 * self.limit)
             self.alive_at = time.monotonic()
         stopping.cancel()
 
@@ -431,19 +538,29 @@ class BatchWorker:
         for p in new:
             for t in OWN_TOPICS:
                 self.position[(t, p)] = committed.get((t, p), 0)
-        outcome = self.runtime.on_assigned(owned, committed, in_doubt=new)
+        try:
+            runtime = await self._runtime()  # the reference data in force: nothing before
+        except Exception:
+            return  # refused: `run` ends the worker with the reason
+        outcome = runtime.on_assigned(owned, committed, in_doubt=new)
         if outcome.cdrs or outcome.dead:
             outbox = Outbox(self.producer, lambda call_id: partition_for(call_id, self.partitions))
             outbox.add_outcome(outcome)
             await outbox.send()
             metrics.RESENT.inc(len(outcome.cdrs) + len(outcome.dead))
         self.held = self.ready = owned
+        self.limit = max(1, self.max_records // RAMP_FROM)
         metrics.ASSIGNED.set(len(owned))
         self.watchdog.reset(time.monotonic())
         self.alive_at = time.monotonic()
 
     async def _restore(self, partitions: set[int]) -> int:
-        """Read the changelog partitions to their current end into the states."""
+        """Read the changelog partitions to their current end into the states; returns how
+        many records were read.
+
+        Only each call's last record is decoded: until compaction catches up, the changelog
+        holds every state a call went through (two to three per call, and a tombstone), and
+        decoding them was most of a recovery's time."""
         reader = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
@@ -466,14 +583,13 @@ class BatchWorker:
             for tp in tps:
                 reader.seek(tp, begins[tp])
             todo = {tp for tp in tps if ends[tp] > begins[tp]}
+            last: dict[bytes, tuple[int, bytes | None]] = {}  # call id -> its last record
             while todo:
                 for tp, records in (await reader.getmany(*todo, timeout_ms=1000)).items():
+                    partition = tp.partition
                     for record in records:
-                        key = record.key.decode()
-                        value = record.value
-                        state = None if value is None else state_from_bytes(value)
-                        self.states.restore(key, tp.partition, state)
-                        count += 1
+                        last[record.key] = (partition, record.value)
+                    count += len(records)
                 self.alive_at = time.monotonic()
                 await asyncio.sleep(0)
                 for tp in list(todo):
@@ -481,6 +597,21 @@ class BatchWorker:
                         todo.discard(tp)
         finally:
             await reader.stop()
+        restore = self.states.restore
+        # Decoding makes no reference cycles, and the collector's passes would only rescan
+        # the states decoded so far (12% of a recovery's CPU).
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for n, (key, (partition, value)) in enumerate(last.items(), 1):
+                state = None if value is None else state_from_bytes(value)
+                restore(key.decode(), partition, state)
+                if n % RESTORE_YIELD_EVERY == 0:  # the group heartbeat runs on this loop too
+                    self.alive_at = time.monotonic()
+                    await asyncio.sleep(0)
+        finally:
+            if collecting:
+                gc.enable()
         return count
 
     # -- timers ------------------------------------------------------------------------------
@@ -546,10 +677,12 @@ class _Listener(ConsumerRebalanceListener):
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        self.worker.rebalances += 1
         async with self.worker.lock:  # the cycle in progress finishes first
             self.worker.ready = set()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.worker.rebalances += 1
         async with self.worker.lock:
             await self.worker.on_assigned(set(assigned))
 
