@@ -49,7 +49,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     import orjson
 
     from pipeline.core.refdata import RefDataError, RefDataHolder
-    from pipeline.replay import replay_file
+    from pipeline.replay import choose_state_dir, replay_file
     from pipeline.store.client import connect
     from pipeline.store.writer import CdrWriter
 
@@ -81,6 +81,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             partitions=args.partitions,
             dead_letter=dead_letter,
             jobs=args.jobs,
+            state_dir=choose_state_dir(args.events, args.state, args.state_dir),
         )
     finally:
         client.close()
@@ -130,6 +131,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     finally:
         client.close()
     return 0
+
+
+WORKER_HELP = "run a correlation worker (events -> cdr.records)"
+
+
+def _add_worker(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine",
+        choices=("batch", "faust"),
+        default=config.worker_engine(),
+        help="batch: aiokafka consumer group, one batch per cycle (fast, the default); "
+        "faust: the Faust agent and table (default $CDRPIPE_WORKER_ENGINE or batch)",
+    )
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
+    p.add_argument("--name", default="worker", help="worker name (its local data folder)")
+    p.add_argument("--partitions", type=int, default=None)
+    p.add_argument(
+        "--idle-after",
+        type=float,
+        default=config.idle_after(),
+        help="seconds without events before a partition's clock follows wall time "
+        "(default $CDRPIPE_IDLE_AFTER_S or 5)",
+    )
+    p.add_argument(
+        "--web-port", type=int, default=None, help="faust engine: enable Faust's web on 127.0.0.1"
+    )
+    _add_metrics(p, "CDRPIPE_METRICS_PORT")
+    p.set_defaults(func=cmd_worker)
+
+
+def worker_parser() -> argparse.ArgumentParser:
+    """`cdrpipe worker` on its own: the full parser imports every other command's module
+    (simulator, store client, API, chaos suite), a third of a second on each worker
+    (re)start (tests/unit/test_startup.py)."""
+    p = argparse.ArgumentParser(prog="cdrpipe worker", description=WORKER_HELP)
+    _add_worker(p)
+    return p
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -230,6 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="worker processes, each owning whole partitions; same outcome as 1 "
         "(default 1: this process; 0: one per CPU)",
     )
+    p.add_argument(
+        "--state",
+        choices=("auto", "memory", "disk"),
+        default="auto",
+        help="where call states are kept: memory (fastest; ~2.3 KB a call remembered), disk "
+        "(a temporary RocksDB, removed at the end; memory bounded by the calls in progress) "
+        "or auto (default): disk for files over 256 MiB or with --state-dir; same outcome",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="directory for the temporary state store (default $CDRPIPE_DATA/replay-state)",
+    )
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("export", help="export CDRs as CSV in the Call Logs layouts")
@@ -255,29 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store(p)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("worker", help="run a correlation worker (events -> cdr.records)")
-    p.add_argument(
-        "--engine",
-        choices=("batch", "faust"),
-        default=config.worker_engine(),
-        help="batch: aiokafka consumer group, one batch per cycle (fast, the default); "
-        "faust: the Faust agent and table (default $CDRPIPE_WORKER_ENGINE or batch)",
-    )
-    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
-    p.add_argument("--name", default="worker", help="worker name (its local data folder)")
-    p.add_argument("--partitions", type=int, default=None)
-    p.add_argument(
-        "--idle-after",
-        type=float,
-        default=config.idle_after(),
-        help="seconds without events before a partition's clock follows wall time "
-        "(default $CDRPIPE_IDLE_AFTER_S or 5)",
-    )
-    p.add_argument(
-        "--web-port", type=int, default=None, help="faust engine: enable Faust's web on 127.0.0.1"
-    )
-    _add_metrics(p, "CDRPIPE_METRICS_PORT")
-    p.set_defaults(func=cmd_worker)
+    p = sub.add_parser("worker", help=WORKER_HELP)
+    _add_worker(p)
 
     p = sub.add_parser("sink", help="run the store sink (cdr.records -> ClickHouse)")
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
@@ -337,6 +368,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pipeline.kafka.broker import main as kafka_main
 
         return kafka_main(argv[1:])
+    if argv[:1] == ["worker"]:
+        return cmd_worker(worker_parser().parse_args(argv[1:]))
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

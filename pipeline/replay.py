@@ -6,6 +6,11 @@ reference the streaming pipeline is checked against.
 
 `jobs` > 1 spreads the partitions over worker processes (`pipeline.replay_parallel`); the
 outcome (CDRs, dead letters, summary) is the same as with one process.
+
+`state_dir` keeps the call states on disk (`pipeline.state.rocks`, a temporary RocksDB under
+that directory, removed at the end) instead of in memory: the same outcome, in memory bounded
+by the calls in progress instead of every call remembered (~2.9 KB each: 29 GB for a day of
+10M calls); bench/state_bench.py measures both.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ import gc
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
 from pipeline.core.correlate import DeadLetter, Settings
 from pipeline.core.engine import Engine
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
+
+if TYPE_CHECKING:
+    from rocksdict import Rdict
 
 DEFAULT_PARTITIONS = 8
 FLUSH_EVERY = 50_000
@@ -62,6 +70,23 @@ class ReplaySummary:
             f"elapsed           {self.seconds:.2f} s ({rate:,.0f} lines/s)",
         ]
         return "\n".join(out)
+
+
+def final_flags(cdrs: Iterable[CDR]) -> list[tuple[str, tuple[bool, bool, bool]]]:
+    """(call id, (rated, timed_out, account_mismatch)) of each CDR, for `count_final`."""
+    return [(c.id, (c.rated, c.timed_out, "account_mismatch" in c.flags)) for c in cdrs]
+
+
+def count_final(final: Iterable[tuple[bool, bool, bool]]) -> tuple[int, int, int, int]:
+    """(CDRs, unrated, timed out, account mismatch) of the (rated, timed_out,
+    account_mismatch) of each call's newest CDR; one pass, as they may be read from disk."""
+    cdrs = unrated = timed_out = mismatch = 0
+    for rated, out, mismatched in final:
+        cdrs += 1
+        unrated += not rated
+        timed_out += out
+        mismatch += mismatched
+    return cdrs, unrated, timed_out, mismatch
 
 
 def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
@@ -146,8 +171,9 @@ class Collector:
         self.dead_letter = dead_letter
         self.flush_every = flush_every
         self._pending: dict[str, Any] = {}  # call id -> its newest CDR (or row, see `_write`)
-        # call id -> (rated, timed_out, account_mismatch) of its newest CDR
-        self._final: dict[str, tuple[bool, bool, bool]] = {}
+        # call id -> (rated, timed_out, account_mismatch) of its newest CDR: a dict, or on
+        # disk with the call states (`pipeline.state.rocks.RocksFinal`)
+        self._final: Any = {}
         self.summary = ReplaySummary()
 
     def flush(self) -> None:
@@ -160,26 +186,42 @@ class Collector:
     def _write(self, batch: list[Any]) -> None:
         """Hand a batch of CDRs to the sink and remember their final state."""
         self.sink(batch)
-        final = self._final
-        for cdr in batch:
-            final[cdr.id] = (cdr.rated, cdr.timed_out, "account_mismatch" in cdr.flags)
+        self._final.update(final_flags(batch))
 
-    def _summarise(self, counters: Mapping[str, int], still_open: int, seconds: float) -> None:
+    def _summarise(
+        self,
+        counters: Mapping[str, int],
+        still_open: int,
+        seconds: float,
+        final: tuple[int, int, int, int] | None = None,
+    ) -> None:
+        """Fill the summary; `final` is `count_final` of the final CDRs if they were counted
+        elsewhere (by the workers of a parallel replay with states on disk)."""
         s = self.summary
         s.events = counters.get("events", 0)
         s.duplicates = counters.get("duplicates", 0)
         s.dlq_by_kind = {k[4:]: v for k, v in counters.items() if k.startswith("dlq_") and v}
         s.dead_lettered = sum(s.dlq_by_kind.values())
-        s.cdrs = len(self._final)
-        s.unrated = sum(1 for rated, _, _ in self._final.values() if not rated)
-        s.timed_out = sum(1 for _, timed_out, _ in self._final.values() if timed_out)
-        s.account_mismatch = sum(1 for _, _, mismatch in self._final.values() if mismatch)
+        if final is None:
+            final = count_final(self._final.values())
+        s.cdrs, s.unrated, s.timed_out, s.account_mismatch = final
         s.still_open = still_open
         s.seconds = seconds
 
 
+def open_scratch(stack: ExitStack, state_dir: Path | str, name: str) -> Rdict:
+    """A scratch RocksDB `name` in a new temporary directory under `state_dir`, closed and
+    removed when `stack` closes."""
+    from pipeline.state.rocks import open_db, scratch_dir
+
+    db = open_db(stack.enter_context(scratch_dir(state_dir)) / name)
+    stack.callback(db.close)
+    return db
+
+
 class Replay(Collector):
-    """Feeds lines to an `Engine` and hands finished CDRs to `sink` in batches."""
+    """Feeds lines to an `Engine` and hands finished CDRs to `sink` in batches; with
+    `state_dir`, the call states are on disk while `run` runs (one run per `Replay`)."""
 
     def __init__(
         self,
@@ -190,12 +232,28 @@ class Replay(Collector):
         partitions: int = DEFAULT_PARTITIONS,
         dead_letter: Callable[[int, DeadLetter], object] | None = None,
         flush_every: int = FLUSH_EVERY,
+        state_dir: Path | str | None = None,
     ) -> None:
         super().__init__(sink, dead_letter=dead_letter, flush_every=flush_every)
         self.engine = Engine(refdata, settings=settings, partitions=partitions)
+        self.state_dir = state_dir
 
     def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
-        with fewer_gc_passes() as settle:
+        with fewer_gc_passes() as settle, ExitStack() as stack:
+            if self.state_dir is not None:
+                from pipeline.state.rocks import RocksFinal, RocksStates
+
+                db = open_scratch(stack, self.state_dir, "replay")
+                states = RocksStates(db)
+                engine = self.engine
+                self.engine = Engine(
+                    engine.refdata,
+                    states,
+                    engine.correlator.settings,
+                    engine.partitions,
+                    deadlines=states.deadlines,
+                )
+                self._final = RocksFinal(db)
             return self._run(lines, name, settle)
 
     def _run(
@@ -236,6 +294,37 @@ class Replay(Collector):
         return summary
 
 
+#: `cdrpipe replay --state auto` keeps the call states on disk for event files larger than
+#: this: ~600k calls, whose states take ~1.7 GB in memory, ~2.9 KB a call remembered
+#: (bench/state_bench.py); on disk they take ~0.4 GB whatever the size, and ~1.5x the CPU.
+DISK_STATE_FROM = 256 << 20
+
+
+def choose_state_dir(
+    events: Path, state: str = "auto", state_dir: Path | None = None
+) -> Path | None:
+    """Where `cdrpipe replay` keeps call states: None for memory, else the directory for its
+    temporary store (`state_dir`, by default $CDRPIPE_DATA/replay-state). `state` is memory,
+    disk, or auto: disk if `state_dir` is given or the file is over `DISK_STATE_FROM` bytes."""
+    if state == "memory":
+        return None
+    if state_dir is None:
+        from pipeline import config
+
+        where = config.data_dir() / "replay-state"
+    else:
+        where = state_dir
+    if state == "disk" or state_dir is not None:
+        return where
+    if state != "auto":
+        raise ValueError(f"state must be auto, memory or disk, got {state!r}")
+    try:
+        size = events.stat().st_size
+    except OSError:  # reading it will say what is wrong
+        return None
+    return where if size > DISK_STATE_FROM else None
+
+
 def replay_file(
     path: Path,
     refdata: RefDataHolder,
@@ -246,7 +335,8 @@ def replay_file(
 ) -> ReplaySummary:
     """Replay one JSON Lines file; see `Replay`. `jobs` worker processes (0 = one per CPU;
     1, the default, replays in this process) give the same outcome; see
-    `pipeline.replay_parallel`."""
+    `pipeline.replay_parallel`. `state_dir` (a keyword) keeps the call states on disk
+    there, in a temporary store of each process, removed at the end."""
     partitions = int(kwargs.get("partitions", DEFAULT_PARTITIONS))  # type: ignore[call-overload]
     if resolve_jobs(jobs, partitions) > 1:
         from pipeline.replay_parallel import ParallelReplay

@@ -19,6 +19,14 @@ Only the parent talks to the sink (chDB allows one process per data directory). 
 forked, so they inherit the reference data (every loaded version) and settings as they are;
 they never touch the parent's store client or threads and leave with ``os._exit``.
 
+With a `state_dir`, each worker keeps its call states in a RocksDB of its own (in one temporary
+directory under `state_dir`, removed at the end), and also the flags of each of its calls'
+newest CDR, which it counts for the summary at the end (a call's CDRs all come from its
+worker, in the order the parent merges them). The parent opens no RocksDB: RocksDB is not
+fork-safe (its background threads do not survive a fork, and a forked child's flushes then
+wait forever), so the workers must be forked from a process that has not opened one; the
+replay refuses to start otherwise (`pipeline.state.rocks.fork_safe`).
+
 Data flow, bounded by `window` rounds in flight:
 
     parent: read lines, find the call id (`call_key`) and its partition, send the line to
@@ -45,10 +53,12 @@ import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter, itemgetter
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -65,7 +75,9 @@ from pipeline.replay import (
     Collector,
     ReplaySummary,
     Sink,
+    count_final,
     fewer_gc_passes,
+    final_flags,
     resolve_jobs,
 )
 from pipeline.store.writer import encode_row
@@ -279,16 +291,29 @@ def _work(
     partitions: int,
     name: str,
     rows: bool,
+    state_path: str | None,
 ) -> None:
     """One worker: feeds its lines, already routed, to its own Engine; one answer per round.
 
     Answers: ("round", cdr keys, encoding, CDRs, dead letters or None) with key
     2 * line for a CDR and (2 * line + 1, dead letter) for a dead letter; at the end
-    ("done", counters, open calls); on failure ("error", traceback). With `rows`, CDRs travel
-    as the rows of their table (`encode_row`), else as `encode_cdrs` makes them.
+    ("done", counters, open calls, final counts or None); on failure ("error", traceback).
+    With `rows`, CDRs travel as the rows of their table (`encode_row`), else as `encode_cdrs`
+    makes them. With `state_path`, the call states are on disk there (`pipeline.state.rocks`),
+    and the worker counts its calls' final CDRs itself (`count_final`).
     """
+    db = None
+    final = None
     try:
-        engine = Engine(refdata, settings=settings, partitions=partitions)
+        if state_path is None:
+            engine = Engine(refdata, settings=settings, partitions=partitions)
+        else:
+            from pipeline.state.rocks import RocksFinal, RocksStates, open_db
+
+            db = open_db(state_path)
+            states = RocksStates(db)
+            engine = Engine(refdata, states, settings, partitions, deadlines=states.deadlines)
+            final = RocksFinal(db)
         feed = engine.feed_line
         with fewer_gc_passes() as settle:
             while True:
@@ -310,6 +335,8 @@ def _work(
                     if out.dead:
                         for letter in out.dead:
                             dead.append((2 * number + 1, letter))
+                if final is not None and cdrs:
+                    final.update(final_flags(cdrs))
                 if not cdrs:
                     encoding, payload = MARSHAL, b""
                 elif rows:
@@ -317,12 +344,26 @@ def _work(
                 else:
                     encoding, payload = encode_cdrs(cdrs)
                 outbox.put(("round", keys, encoding, payload, dead or None))
-        outbox.put(("done", dict(engine.counters), engine.correlator.open_calls()))
+        counted = None if final is None else count_final(final.values())
+        outbox.put(("done", dict(engine.counters), engine.correlator.open_calls(), counted))
     except BaseException:  # reported to the parent, which raises
         outbox.put(("error", traceback.format_exc()))
+    finally:
+        if db is not None:
+            db.close()
 
 
 # ------------------------------------------------------------------ parent side
+
+
+class _Counted:
+    """The parent's record of final CDRs when the workers keep and count it themselves."""
+
+    def update(self, items: object) -> None:
+        pass
+
+    def values(self) -> Iterable[tuple[bool, bool, bool]]:
+        return ()
 
 
 class ParallelReplay(Collector):
@@ -341,8 +382,10 @@ class ParallelReplay(Collector):
         flush_every: int = FLUSH_EVERY,
         chunk_lines: int = CHUNK_LINES,
         window: int = WINDOW,
+        state_dir: Path | str | None = None,
     ) -> None:
         super().__init__(sink, dead_letter=dead_letter, flush_every=flush_every)
+        self.state_dir = state_dir
         self.refdata = refdata
         self.settings = settings
         self.partitions = partitions
@@ -353,14 +396,28 @@ class ParallelReplay(Collector):
         self._storing: Future[object] | None = None
 
     def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
-        with fewer_gc_passes() as settle:
+        with fewer_gc_passes() as settle, ExitStack() as stack:
             self._settle = settle
-            return self._run(lines, name)
+            return self._run(lines, name, stack)
 
-    def _run(self, lines: Iterable[tuple[int, bytes]], name: str) -> ReplaySummary:
+    def _run(
+        self, lines: Iterable[tuple[int, bytes]], name: str, stack: ExitStack
+    ) -> ReplaySummary:
         started = time.perf_counter()
         ctx = mp.get_context("fork")
         jobs = self.jobs
+        scratch: Path | None = None
+        if self.state_dir is not None:
+            from pipeline.state.rocks import fork_safe, scratch_dir
+
+            if not fork_safe():
+                raise RuntimeError(
+                    "this process has opened a RocksDB, which is not fork-safe: a parallel replay"
+                    " with its states on disk must start from a process that has not (a fresh"
+                    " `cdrpipe replay`), or replay with --jobs 1"
+                )
+            scratch = stack.enter_context(scratch_dir(self.state_dir))
+            self._final = _Counted()  # the workers count
         self._inboxes = [ctx.Queue() for _ in range(jobs)]
         self._outboxes = [ctx.Queue() for _ in range(jobs)]
         self._procs = [
@@ -374,6 +431,7 @@ class ParallelReplay(Collector):
                     self.partitions,
                     name,
                     self.rows is not None,
+                    None if scratch is None else str(scratch / f"worker-{k}"),
                 ),
                 name=f"cdrpipe-replay-{k}",
                 daemon=True,
@@ -391,12 +449,15 @@ class ParallelReplay(Collector):
             self.summary.lines = self._route(lines)
             counters: Counter[str] = Counter()
             still_open = 0
+            final: tuple[int, ...] | None = None
             for k in range(jobs):
                 self._inboxes[k].put(None)
             for k in range(jobs):
-                _, worker_counters, worker_open = self._receive(k, "done")
+                _, worker_counters, worker_open, worker_final = self._receive(k, "done")
                 counters.update(worker_counters)
                 still_open += worker_open
+                if worker_final is not None:
+                    final = tuple(map(sum, zip(final or (0, 0, 0, 0), worker_final, strict=True)))
             self.flush()
             self._stored()
             clean = True
@@ -405,7 +466,12 @@ class ParallelReplay(Collector):
             if self._store_thread is not None:
                 self._store_thread.shutdown(wait=True, cancel_futures=True)
                 self._store_thread = None
-        self._summarise(counters, still_open, time.perf_counter() - started)
+        self._summarise(
+            counters,
+            still_open,
+            time.perf_counter() - started,
+            final,  # type: ignore[arg-type]
+        )
         return self.summary
 
     def _route(self, lines: Iterable[tuple[int, bytes]]) -> int:
@@ -525,10 +591,9 @@ class ParallelReplay(Collector):
             super()._write(batch)
             return
         tables: dict[str, list[bytes]] = {direction: [] for direction in _DIRECTIONS}
-        final = self._final
         for entry in batch:
             tables[entry.direction].append(entry.row)
-            final[entry.id] = (entry.rated, entry.timed_out, entry.account_mismatch)
+        self._final.update([(e.id, (e.rated, e.timed_out, e.account_mismatch)) for e in batch])
         for direction, rows in tables.items():
             if rows:
                 self._store(direction, rows)

@@ -18,8 +18,11 @@ partitioner uses, so both see the same watermark sequence per call and reach
 the same decisions whatever the number of workers.
 
 `Correlator` holds no I/O: it reads and writes states through a
-`MutableMapping` (a dict offline, a Faust table when streaming) and returns
-`Action`s for the caller to carry out (emit a CDR, dead-letter a message).
+`MutableMapping` (a dict offline, a Faust table when streaming, or a disk-backed
+mapping such as `pipeline.state.rocks.RocksStates`) and returns `Action`s for the
+caller to carry out (emit a CDR, dead-letter a message). Its per-partition deadline
+index is an in-memory heap unless the caller gives a `DeadlineIndex` factory (a disk
+store keeps it next to the states, so that memory does not grow with remembered calls).
 
 Every state that produced output remembers the message whose processing
 produced it (`trigger`), and an orphaned call stays as a tombstone until it
@@ -36,7 +39,7 @@ from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Protocol
 
 from pipeline.core.model import Event, Source, slot_constructor
 
@@ -154,11 +157,32 @@ class Duplicate:
 Action = Emit | DeadLetter | Duplicate
 
 
+class DeadlineIndex(Protocol):
+    """A partition's deadline entries kept outside the correlator (e.g. on disk).
+
+    Entries are (due, call id) and leave in that order, ties on `due` by call id, as from
+    the default in-memory heap; an entry may be stale (the state moved on since), the
+    correlator checks each one against the state. Entries pushed twice may be kept once.
+    """
+
+    #: The earliest entry's due, None when empty; read for every event, so an attribute.
+    due: datetime | None
+
+    def push(self, due: datetime, call_id: str) -> None: ...
+
+    def pop(self) -> str:
+        """Remove the earliest entry; its call id."""
+        ...
+
+
 @dataclass(slots=True)
 class _Partition:
     newest: dict[str, datetime] = field(default_factory=dict)  # per event kind (topic)
     watermark: datetime | None = None  # min(newest.values()), once every kind was seen
+    # The deadline heap, unless `index` (a `DeadlineIndex`) holds the entries instead: the
+    # default stays a list handled inline, the cheapest on the hot path.
     deadlines: list[tuple[datetime, str]] = field(default_factory=list)
+    index: DeadlineIndex | None = None
 
     def saw(self, kind: str, ts: datetime) -> None:
         newest = self.newest
@@ -203,17 +227,35 @@ class Correlator:
     """Correlates events into call states and decides when CDRs are emitted.
 
     `states` maps call id -> CallState and is the only durable state; the
-    deadline heaps are an index over it that `rebuild()` recreates.
+    deadline heaps are an index over it that `rebuild()` recreates. `deadlines`, if
+    given, makes each partition's index (`DeadlineIndex`) instead of a heap in memory.
+
+    Optional hooks of `states`, for stores that keep states encoded on disk (where reading
+    one costs a decode): `open_count()` answers `open_calls()`; with a `deadlines` index,
+    `settled_since(call_id)` is, for a settled state (a CDR exists, or dead-lettered as an
+    orphan), the time its memory window runs from (`orphaned_at`, else `last_ts()`), and None
+    for any other, so that a deadline entry of a settled call (its forget deadline, or a
+    stale entry from while it was open) is checked without reading the state.
     """
 
     def __init__(
         self,
         states: MutableMapping[str, CallState],
         settings: Settings | None = None,
+        deadlines: Callable[[int], DeadlineIndex] | None = None,
     ) -> None:
         self.states = states
         self.settings = settings or Settings()
+        self.deadlines = deadlines
         self._partitions: dict[int, _Partition] = {}
+
+    def _partition(self, partition: int) -> _Partition:
+        part = self._partitions.get(partition)
+        if part is None:
+            part = self._partitions[partition] = _Partition()
+            if self.deadlines is not None:
+                part.index = self.deadlines(partition)
+        return part
 
     def watermark(self, partition: int) -> datetime | None:
         part = self._partitions.get(partition)
@@ -221,12 +263,17 @@ class Correlator:
 
     def rebuild(self, partition: int, call_ids: list[str] | None = None) -> None:
         """Re-index deadlines of a partition's calls (after recovery or reassignment)."""
-        part = self._partitions.setdefault(partition, _Partition())
+        part = self._partition(partition)
+        index = part.index
         ids = call_ids if call_ids is not None else list(self.states.keys())
         for call_id in ids:
             state = self.states.get(call_id)
             if state is not None:
-                part.deadlines.append((state.deadline(self.settings)[0], call_id))
+                due = state.deadline(self.settings)[0]
+                if index is None:
+                    part.deadlines.append((due, call_id))
+                else:
+                    index.push(due, call_id)
                 for held in state.held():
                     part.saw(held.event.kind, held.event.ts)
         heapq.heapify(part.deadlines)
@@ -235,7 +282,7 @@ class Correlator:
         """Apply one valid event, then run the partition's deadlines up to its watermark."""
         part = self._partitions.get(partition)
         if part is None:
-            part = self._partitions[partition] = _Partition()
+            part = self._partition(partition)
         event = held.event
         kind, ts = event.kind, event.ts
         state = self.states.get(event.id)
@@ -261,9 +308,15 @@ class Correlator:
             newest[kind] = ts
             if len(newest) == 3:
                 part.watermark = min(newest.values())
-        heap, wm = part.deadlines, part.watermark
-        if heap and wm is not None and heap[0][0] <= wm:
-            actions.extend(self._expire(part, held.source))
+        wm = part.watermark
+        if wm is not None:
+            index = part.index
+            if index is None:
+                heap = part.deadlines
+                if heap and heap[0][0] <= wm:
+                    actions.extend(self._expire(part, held.source))
+            elif index.due is not None and index.due <= wm:
+                actions.extend(self._expire(part, held.source))
         return actions
 
     def _apply(self, state: CallState | None, held: Held, part: _Partition) -> list[Action]:
@@ -338,7 +391,11 @@ class Correlator:
                     self.states[call_id] = new
                     return actions
         self.states[call_id] = new
-        heapq.heappush(part.deadlines, (due, call_id))
+        index = part.index
+        if index is None:
+            heapq.heappush(part.deadlines, (due, call_id))
+        else:
+            index.push(due, call_id)
         return actions
 
     def advance(
@@ -346,7 +403,7 @@ class Correlator:
     ) -> list[Action]:
         """Move a partition's event time forward without an event (idle wall-clock tick);
         `trigger` is the tick message, if it came as one."""
-        part = self._partitions.setdefault(partition, _Partition())
+        part = self._partition(partition)
         part.raise_to(watermark)
         return self._expire(part, trigger)
 
@@ -363,15 +420,40 @@ class Correlator:
     def _expire(self, part: _Partition, trigger: Source | None) -> list[Action]:
         actions: list[Action] = []
         wm = part.watermark
-        heap = part.deadlines
-        while heap and wm is not None and heap[0][0] <= wm:
-            _, call_id = heapq.heappop(heap)
+        if wm is None:
+            return actions
+        heap, index = part.deadlines, part.index
+        # A store that keeps settled states encoded may tell when one is forgotten without
+        # decoding it (`settled_since`): see `Correlator.__init__`.
+        settled_since = None if index is None else getattr(self.states, "settled_since", None)
+        memory = self.settings.memory
+        while True:
+            if index is None:
+                if not heap or heap[0][0] > wm:
+                    break
+                call_id = heapq.heappop(heap)[1]
+            else:
+                if index.due is None or index.due > wm:
+                    break
+                call_id = index.pop()
+                if settled_since is not None:
+                    since = settled_since(call_id)
+                    if since is not None:  # settled: CallState.deadline is since + memory
+                        due = since + memory
+                        if due > wm:
+                            index.push(due, call_id)
+                        else:
+                            del self.states[call_id]
+                        continue
             state = self.states.get(call_id)
             if state is None:
                 continue
             due, kind = state.deadline(self.settings)
-            if due > wm:
-                heapq.heappush(heap, (due, call_id))  # stale entry: the state moved on
+            if due > wm:  # stale entry: the state moved on
+                if index is None:
+                    heapq.heappush(heap, (due, call_id))
+                else:
+                    index.push(due, call_id)
                 continue
             if kind == "forget":
                 del self.states[call_id]
@@ -389,11 +471,19 @@ class Correlator:
                 )
                 actions.append(Emit(closed))
             self.states[call_id] = closed
-            heapq.heappush(heap, (closed.deadline(self.settings)[0], call_id))
+            due = closed.deadline(self.settings)[0]
+            if index is None:
+                heapq.heappush(heap, (due, call_id))
+            else:
+                index.push(due, call_id)
         return actions
 
     def open_calls(self) -> int:
-        """Calls still waiting for an event (neither complete nor dead-lettered)."""
+        """Calls still waiting for an event (neither complete nor dead-lettered). A store that
+        keeps them apart answers itself (`open_count()`): a disk store is not read through."""
+        open_count = getattr(self.states, "open_count", None)
+        if open_count is not None:
+            return int(open_count())
         return sum(1 for s in self.states.values() if not s.settled)
 
 

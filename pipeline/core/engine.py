@@ -8,7 +8,7 @@ the outcome (CDRs, dead letters) out, so replay and streaming cannot drift.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -17,6 +17,7 @@ from pipeline.core.correlate import (
     CallState,
     Correlator,
     DeadLetter,
+    DeadlineIndex,
     Duplicate,
     Emit,
     Settings,
@@ -49,6 +50,7 @@ class Engine:
     Counters: `events` (valid messages), `duplicates`, `dlq_invalid`,
     `dlq_orphan`, `dlq_late` (dead-lettered messages), `cdrs` (CDR versions
     emitted), `timeouts` (calls closed for want of an end, even if corrected later).
+    `states` and `deadlines` are the `Correlator`'s (a dict and in-memory heaps by default).
     """
 
     def __init__(
@@ -57,10 +59,11 @@ class Engine:
         states: MutableMapping[str, CallState] | None = None,
         settings: Settings | None = None,
         partitions: int = 8,
+        deadlines: Callable[[int], DeadlineIndex] | None = None,
     ) -> None:
         self.refdata = refdata
         self.partitions = partitions
-        self.correlator = Correlator(states if states is not None else {}, settings)
+        self.correlator = Correlator(states if states is not None else {}, settings, deadlines)
         self.counters: Counter[str] = Counter()
         self._routes: dict[str, int] = {}  # call id -> partition_for(call id, partitions)
 
