@@ -4,6 +4,7 @@ its first cycle (bench/startup_bench.py measures how long it takes)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,16 @@ def no_exec(monkeypatch):
         raise AssertionError("the worker asked to restart itself")
 
     monkeypatch.setattr(batch, "restart_in_place", refuse)
+
+
+@pytest.fixture(autouse=True)
+def own_gc():
+    """A worker run in this process tunes the collector for itself (`GcPolicy`: a higher
+    threshold, survivors frozen after each cycle); the tests after it get the process back."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
 
 
 def first_cycle(worker: BatchWorker) -> dict:
