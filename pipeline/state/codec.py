@@ -123,19 +123,22 @@ def decode_state(data: bytes) -> CallState:
     for slot, kind in enumerate(("start", "connect", "end")):
         if not flags >> slot & 1:
             continue
-        ts_us, partition, offset, extra = numbers[n : n + 4]
-        n += 4
-        sub_us, topic, raw, event_id = strings[i : i + 4]
+        # Read by index: Cython 3 crashes on unpacking a slice here (if this module is ever
+        # compiled; measured, that gains nothing today).
+        raw, event_id = strings[i + 2], strings[i + 3]
         event = _make_event(
             kind,
             call_id if event_id is None else event_id,
-            epoch + us * ts_us,
-            sub_us,
+            epoch + us * numbers[n],
+            strings[i],
             *strings[i + 4 : i + _HELD_STRINGS],
-            _extra(kind, raw) if extra else {},
+            _extra(kind, raw) if numbers[n + 3] else {},
         )
+        held[slot] = make_held(
+            event, raw, _make_source(strings[i + 1], numbers[n + 1], numbers[n + 2])
+        )
+        n += 4
         i += _HELD_STRINGS
-        held[slot] = make_held(event, raw, _make_source(topic, partition, offset))
     return make_state(
         call_id, held[0], held[1], held[2], timed_out_at, numbers[2], orphaned_at, trigger
     )

@@ -224,7 +224,10 @@ class RocksStates(MutableMapping[str, CallState]):
         return len(self._open) + sum(1 for _ in self._settled_ids())
 
     def __contains__(self, call_id: object) -> bool:
-        return isinstance(call_id, str) and self.get(call_id) is not None
+        """Without decoding the state (the mapping default would)."""
+        if not isinstance(call_id, str):
+            return False
+        return call_id in self._open or self.db.get(_STATE + call_id.encode()) is not None
 
 
 class RocksDeadlines:

@@ -12,15 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.core.correlate import (
-    CallState,
-    Correlator,
-    DeadLetter,
-    Duplicate,
-    Emit,
-    Held,
-    Settings,
-)
+from pipeline.core.correlate import CallState, Correlator, Held, Settings
 from pipeline.core.engine import Engine
 from pipeline.core.model import Event, Source
 from pipeline.core.refdata import RefDataHolder
@@ -44,7 +36,7 @@ def db(tmp_path):
     db.close()
 
 
-def held(kind: str, call_id: str, at: float, offset: int = 0) -> Held:
+def held(kind: str, call_id: str, at: float) -> Held:
     ts = T0 + timedelta(seconds=at)
     fields: dict = {}
     if kind == "start":
@@ -54,7 +46,7 @@ def held(kind: str, call_id: str, at: float, offset: int = 0) -> Held:
         fields = {"disconnect_code": 200, "disconnect_reason": "Bye"}
         fields |= {"disconnect_initiator": "origination"}
     raw = orjson.dumps({"event": kind, "id": call_id, "ts": ts.isoformat(), **fields})
-    return Held(Event(kind, call_id, ts, **fields), raw, Source("t", 0, offset))
+    return Held(Event(kind, call_id, ts, **fields), raw, Source("t", 0, 0))
 
 
 def all_keys(db) -> list[bytes]:
@@ -216,26 +208,36 @@ def sim_lines(seed: int = 11, calls: int = 2000) -> list[bytes]:
     return [m.value for m in iter_messages(cfg)]
 
 
-def test_the_engine_decides_alike_on_disk_and_in_memory(db):
+def test_the_engine_decides_alike_on_disk_and_in_memory(db, tmp_path):
     """Every outcome of every line, the counters and the calls left are the in-memory
-    engine's, on traffic with every kind of trouble and short deadlines."""
+    engine's, on traffic with every kind of trouble and short deadlines: with states and
+    deadlines on disk, and with only the deadlines on disk (the correlator's index path
+    without the store's `settled_since`)."""
     refdata = RefDataHolder(CONFIG)
     memory = Engine(refdata, settings=SETTINGS)
     states = RocksStates(db)
     disk = Engine(refdata, states, SETTINGS, deadlines=states.deadlines)
-    lines = sim_lines()
-    for number, raw in enumerate(lines, 1):
-        a, b = memory.feed_line(raw, "f", number), disk.feed_line(raw, "f", number)
-        assert b.cdrs == a.cdrs and b.dead == a.dead, number
+    other = open_db(tmp_path / "deadlines")
+    index_only = Engine(refdata, {}, SETTINGS, deadlines=lambda p: RocksDeadlines(other, p, 7))
+    engines = (disk, index_only)
+    for number, raw in enumerate(sim_lines(), 1):
+        a = memory.feed_line(raw, "f", number)
+        for engine in engines:
+            b = engine.feed_line(raw, "f", number)
+            assert b.cdrs == a.cdrs and b.dead == a.dead, number
     for partition in range(8):  # event time moves past every deadline
         end = T0.replace(year=2100)
-        a, b = memory.advance(partition, end), disk.advance(partition, end)
-        assert b.cdrs == a.cdrs and b.dead == a.dead
-    assert disk.counters == memory.counters
+        a = memory.advance(partition, end)
+        for engine in engines:
+            b = engine.advance(partition, end)
+            assert b.cdrs == a.cdrs and b.dead == a.dead
+    for engine in engines:
+        assert engine.counters == memory.counters
     kinds = memory.counters
     assert kinds["dlq_orphan"] and kinds["dlq_late"] and kinds["timeouts"] and kinds["duplicates"]
-    assert memory.correlator.states == {} and len(states) == 0
-    assert all_keys(db) == []
+    assert memory.correlator.states == {} == index_only.correlator.states and len(states) == 0
+    assert all_keys(db) == [] and all_keys(other) == []
+    other.close()
 
 
 def test_a_million_calls_are_forgotten_in_o_expired_and_leave_the_store_empty(db, monkeypatch):
@@ -284,12 +286,3 @@ def test_scratch_dir_is_removed(tmp_path):
         db.close()
         assert path.parent == tmp_path / "states" and any(path.iterdir())
     assert not path.exists() and (tmp_path / "states").exists()
-
-
-def test_outcomes_are_plain_values():
-    """The engine equivalence above compares outcomes with ==: make sure that means
-    something for each kind of action."""
-    assert DeadLetter(b"x", Source("t", 0, 1), "r", "late") != DeadLetter(
-        b"x", Source("t", 0, 2), "r", "late"
-    )
-    assert Emit(CallState("a")) == Emit(CallState("a")) and Duplicate("a") == Duplicate("a")
