@@ -45,6 +45,7 @@ from ab import ROOT, base_worktree  # bench/ is on sys.path when run as a script
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
+from stream_bench import group_ready
 
 from pipeline.chaos import free_ports
 from pipeline.demo import Pipeline
@@ -78,25 +79,6 @@ class Startup:
     events: int = 0
     launched: float = 0.0  # wall time
     log: list[str] = field(default_factory=list)
-
-
-async def group_stable(bootstrap: str, group: str, timeout_s: float = 120) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                responses = await admin.describe_consumer_groups([group])
-            except KafkaError:
-                responses = []
-            # DescribeGroups: (error, group id, state, protocol type, protocol, members, ...)
-            if any(g[2] == "Stable" and g[5] for r in responses for g in r.groups):
-                return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"group {group} did not become stable")
-    finally:
-        await admin.close()
 
 
 async def watch(bootstrap: str, pipeline: Pipeline, timeout_s: float = 600) -> Startup:
@@ -210,7 +192,7 @@ def measure(
             (logs / "worker0.log").rename(logs / "worker0-warmup.log")
         asyncio.run(produce(backlog, kafka.bootstrap))
         pipeline.start_sink()
-        asyncio.run(group_stable(kafka.bootstrap, SINK_GROUP))
+        asyncio.run(group_ready(kafka.bootstrap, None, group=SINK_GROUP))
         result = asyncio.run(watch(kafka.bootstrap, pipeline))
         result.log = timeline(logs / "worker0.log", result.launched)
     finally:

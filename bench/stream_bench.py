@@ -49,9 +49,14 @@ def free_port() -> int:
 
 
 async def raw_consume_rate(bootstrap: str, total: int) -> float:
-    consumer = AIOKafkaConsumer(*INPUT_TOPICS, bootstrap_servers=bootstrap,
-                                group_id=f"raw-{time.time()}", auto_offset_reset="earliest",
-                                enable_auto_commit=False, max_poll_records=5000)
+    consumer = AIOKafkaConsumer(
+        *INPUT_TOPICS,
+        bootstrap_servers=bootstrap,
+        group_id=f"raw-{time.time()}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=5000,
+    )
     await consumer.start()
     seen = 0
     started = time.perf_counter()
@@ -64,23 +69,28 @@ async def raw_consume_rate(bootstrap: str, total: int) -> float:
     return seen / (time.perf_counter() - started)
 
 
-async def group_ready(bootstrap: str, members: int, timeout_s: float = 120) -> None:
-    """Wait until the worker group is stable with `members` members (all assigned)."""
+async def group_ready(
+    bootstrap: str, members: int | None, timeout_s: float = 120, group: str = WORKER_GROUP
+) -> None:
+    """Wait until `group` is stable with `members` members (all assigned; None: any)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
-                responses = await admin.describe_consumer_groups([WORKER_GROUP])
+                responses = await admin.describe_consumer_groups([group])
             except KafkaError:
                 responses = []
             # DescribeGroups: (error, group id, state, protocol type, protocol, members, ...)
             groups = [g for r in responses for g in r.groups]
-            if any(g[2] == "Stable" and len(g[5]) == members for g in groups):
+            if any(
+                g[2] == "Stable" and g[5] and (members is None or len(g[5]) == members)
+                for g in groups
+            ):
                 return
-            await asyncio.sleep(0.2)
-        raise TimeoutError(f"the worker group did not reach {members} members")
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"group {group} did not become stable with {members} members")
     finally:
         await admin.close()
 
@@ -134,8 +144,16 @@ def warm_up(kafka: LocalKafka, pipeline: Pipeline, calls: int, start: datetime) 
     paths meanwhile, as a long-running broker has done."""
     if calls <= 0:
         return
-    sim = generate(SimConfig(calls=calls, seed=7, config_dir=str(CONFIG),
-                             start=start - timedelta(hours=1), reorder=0.02, duplicate=0.02))
+    sim = generate(
+        SimConfig(
+            calls=calls,
+            seed=7,
+            config_dir=str(CONFIG),
+            start=start - timedelta(hours=1),
+            reorder=0.02,
+            duplicate=0.02,
+        )
+    )
     asyncio.run(produce(sim.messages, kafka.bootstrap))
     pipeline.start()
     try:
@@ -205,15 +223,27 @@ def measure(
         ensure_topics(kafka.bootstrap, 8)
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
         store = f"chdb://{tmp / f'store-{tag}'}"
-        pipeline = Pipeline(kafka.bootstrap, store, tmp / f"logs-{tag}", workers,
-                            {"CDRPIPE_DATA": str(tmp / f"data-{tag}"),
-                             "CDRPIPE_WORKER_ENGINE": engine})
+        pipeline = Pipeline(
+            kafka.bootstrap,
+            store,
+            tmp / f"logs-{tag}",
+            workers,
+            {"CDRPIPE_DATA": str(tmp / f"data-{tag}"), "CDRPIPE_WORKER_ENGINE": engine},
+        )
         warm_up(kafka, pipeline, warmup_calls, start)
         try:
             base, ends = backlog_into_running_pipeline(
-                kafka, pipeline, workers,
-                SimConfig(calls=calls, seed=100 + workers, config_dir=str(CONFIG),
-                          start=start, reorder=0.02, duplicate=0.02),
+                kafka,
+                pipeline,
+                workers,
+                SimConfig(
+                    calls=calls,
+                    seed=100 + workers,
+                    config_dir=str(CONFIG),
+                    start=start,
+                    reorder=0.02,
+                    duplicate=0.02,
+                ),
             )
             result["events"] = sum(ends.values()) - sum(base.values())
             events, seconds = asyncio.run(timed_drain(kafka.bootstrap, base, ends, pipeline))
@@ -221,9 +251,15 @@ def measure(
             pipeline.wait_stored(timeout_s=600)
             paced_ends = {}
             for i, rate in enumerate(rates):
-                lat = generate(SimConfig(calls=latency_calls, seed=900 + 10 * workers + i,
-                                         config_dir=str(CONFIG), start=datetime.now(UTC),
-                                         call_rate=rate / 2.6))
+                lat = generate(
+                    SimConfig(
+                        calls=latency_calls,
+                        seed=900 + 10 * workers + i,
+                        config_dir=str(CONFIG),
+                        start=datetime.now(UTC),
+                        call_rate=rate / 2.6,
+                    )
+                )
                 t0 = time.perf_counter()
                 acked = asyncio.run(paced(kafka.bootstrap, lat.messages, rate))
                 achieved = len(lat.messages) / (time.perf_counter() - t0)
@@ -240,11 +276,16 @@ def measure(
                 for table in ("cdr_outbound", "cdr_inbound"):
                     rows += client.query(
                         f"SELECT id, toUnixTimestamp64Milli(ingested_at) FROM {table} FINAL "
-                        "WHERE has({ids:Array(String)}, id)", parameters={"ids": list(acked)},
+                        "WHERE has({ids:Array(String)}, id)",
+                        parameters={"ids": list(acked)},
                     ).result_rows
                 lat_s = sorted(ms / 1000 - acked[i] for i, ms in rows)
-                result["latency"][rate] = (len(lat_s), statistics.median(lat_s),
-                                           lat_s[int(len(lat_s) * 0.99) - 1], achieved)
+                result["latency"][rate] = (
+                    len(lat_s),
+                    statistics.median(lat_s),
+                    lat_s[int(len(lat_s) * 0.99) - 1],
+                    achieved,
+                )
         finally:
             client.close()
     finally:
@@ -258,27 +299,42 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", nargs="+", default=["batch"], choices=["batch", "faust"])
     parser.add_argument("--latency-calls", type=int, default=3000)
-    parser.add_argument("--rate", type=float, nargs="+", default=[1000.0, 10000.0],
-                        help="paced events/s for the latency measurements")
-    parser.add_argument("--warmup-calls", type=int, default=50_000,
-                        help="calls run through the pipeline (then restarted) before measuring")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[1000.0, 10000.0],
+        help="paced events/s for the latency measurements",
+    )
+    parser.add_argument(
+        "--warmup-calls",
+        type=int,
+        default=50_000,
+        help="calls run through the pipeline (then restarted) before measuring",
+    )
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="cdrpipe-stream-bench-"))
     rates = " | ".join(f"p50 / p99 (s) at {r:,.0f} ev/s" for r in args.rate)
-    print(f"| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
-          f"| pipeline drain (ev/s) | ratio | {rates} |")
+    print(
+        f"| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
+        f"| pipeline drain (ev/s) | ratio | {rates} |"
+    )
     for engine in args.engines:
         for w in args.workers:
-            r = measure(engine, w, args.calls, args.latency_calls, args.rate, tmp,
-                        args.warmup_calls)
+            r = measure(
+                engine, w, args.calls, args.latency_calls, args.rate, tmp, args.warmup_calls
+            )
             lats = " | ".join(
                 f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
                 for n, p50, p99, achieved in r["latency"].values()
             )
-            print(f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
-                  f"cores | {engine} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
-                  f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | {lats} |",
-                  flush=True)
+            print(
+                f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
+                f"cores | {engine} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
+                f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | {lats} |",
+                flush=True,
+            )
+
 
 if __name__ == "__main__":
     main()
