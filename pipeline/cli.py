@@ -148,6 +148,14 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="worker", help="worker name (its local data folder)")
     p.add_argument("--partitions", type=int, default=None)
     p.add_argument(
+        "--state",
+        choices=("disk", "memory"),
+        default=config.worker_state(),
+        help="batch engine: call states in local RocksDB stores under $CDRPIPE_DATA/<name> "
+        "(disk, the default: bounded memory, restarts read only the changelog's tail) or in "
+        "memory (default $CDRPIPE_WORKER_STATE or disk)",
+    )
+    p.add_argument(
         "--idle-after",
         type=float,
         default=config.idle_after(),
@@ -184,7 +192,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     else:
         from pipeline.stream.batch import run_batch_worker
 
-        run_batch_worker(**common)
+        state_dir = config.data_dir() / args.name if args.state == "disk" else None
+        run_batch_worker(state_dir=state_dir, **common)
     return 0
 
 

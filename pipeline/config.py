@@ -54,6 +54,12 @@ def idle_after() -> float:
     return float(env("CDRPIPE_IDLE_AFTER_S", "5"))
 
 
+def worker_state() -> str:
+    """`disk` (default) or `memory`: where the batch worker keeps call states
+    (`CDRPIPE_WORKER_STATE`)."""
+    return env("CDRPIPE_WORKER_STATE", "disk")
+
+
 def worker_engine() -> str:
     """`batch` (default) or `faust`: which implementation `cdrpipe worker` runs."""
     return env("CDRPIPE_WORKER_ENGINE", "batch")

@@ -32,6 +32,11 @@ for _flag in FLAGS:  # every flag is exported from the start, at 0 until it happ
 del _flag
 OPEN_CALLS = Gauge("cdrpipe_open_calls", "Calls waiting for an event in this worker")
 ASSIGNED = Gauge("cdrpipe_assigned_partitions", "Input partitions owned (after recovery)")
+STATE_RECOVERED = Counter(
+    "cdrpipe_state_recovered",
+    "Changelog records applied to local state stores, by how (from a checkpoint, or a rebuild)",
+    ["how"],
+)
 RESENT = Counter("cdrpipe_resent", "CDRs and dead letters sent again after a recovery")
 EMIT_LATENCY = Histogram(
     "cdrpipe_cdr_emit_latency_seconds",

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -260,6 +260,18 @@ class Correlator:
     def watermark(self, partition: int) -> datetime | None:
         part = self._partitions.get(partition)
         return part.watermark if part else None
+
+    def clock(self, partition: int) -> dict[str, datetime]:
+        """The newest event time seen per kind (topic) on a partition, its watermark being
+        their minimum: what a store that outlives the process keeps with its states."""
+        part = self._partitions.get(partition)
+        return dict(part.newest) if part is not None else {}
+
+    def set_clock(self, partition: int, newest: Mapping[str, datetime]) -> None:
+        """Resume a partition's clock (`clock`) without reading its states (`rebuild` does)."""
+        part = self._partition(partition)
+        for kind, ts in newest.items():
+            part.saw(kind, ts)
 
     def rebuild(self, partition: int, call_ids: list[str] | None = None) -> None:
         """Re-index deadlines of a partition's calls (after recovery or reassignment)."""

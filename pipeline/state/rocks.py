@@ -37,6 +37,7 @@ from rocksdict import (
     Rdict,
     ReadOptions,
     WriteBatch,
+    WriteBufferManager,
     WriteOptions,
 )
 
@@ -76,25 +77,39 @@ def fork_safe() -> bool:
     return not _opened
 
 
-def open_db(path: Path | str) -> Rdict:
-    """A RocksDB for scratch state in `path` (created if missing): LZ4 compression (zstd for
-    the bottom level, where most data ends), 16 KiB blocks with bloom filters (most lookups
-    are for new calls, which miss), no write-ahead log (nothing survives the process)."""
+def open_db(
+    path: Path | str,
+    *,
+    cache: Cache | None = None,
+    write_buffer: int = WRITE_BUFFER,
+    manager: WriteBufferManager | None = None,
+) -> Rdict:
+    """A RocksDB for state in `path` (created if missing): LZ4 compression (zstd for the
+    bottom level, where most data ends), 16 KiB blocks with bloom filters (most lookups are
+    for new calls, which miss), no write-ahead log (the changelog topic is the durable copy).
+
+    `cache` (a block cache) and `manager` (a cap on the write buffers) may be shared by the
+    databases of one process; by default each has its own (`BLOCK_CACHE`, `WRITE_BUFFERS`
+    of `write_buffer` bytes). Raises what RocksDB reports for a database it cannot open (a
+    corrupt or truncated file: `paranoid_checks`)."""
     global _opened
     _opened = True
     opts = Options(raw_mode=True)
     opts.create_if_missing(True)
+    opts.set_paranoid_checks(True)
     opts.set_compression_type(DBCompressionType.lz4())
     opts.set_bottommost_compression_type(DBCompressionType.zstd())
-    opts.set_write_buffer_size(WRITE_BUFFER)
+    opts.set_write_buffer_size(write_buffer)
     opts.set_max_write_buffer_number(WRITE_BUFFERS)
+    if manager is not None:
+        opts.set_write_buffer_manager(manager)
     opts.set_level_compaction_dynamic_level_bytes(True)
     opts.set_max_background_jobs(2)
     opts.set_keep_log_file_num(2)
     table = BlockBasedOptions()
     table.set_block_size(16 << 10)
     table.set_bloom_filter(10, False)
-    table.set_block_cache(Cache(BLOCK_CACHE))
+    table.set_block_cache(cache if cache is not None else Cache(BLOCK_CACHE))
     opts.set_block_based_table_factory(table)
     db = Rdict(str(path), opts)
     writes = WriteOptions()
@@ -115,7 +130,7 @@ def scratch_dir(parent: Path | str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _bounded(lower: bytes, upper: bytes) -> ReadOptions:
+def bounded(lower: bytes, upper: bytes) -> ReadOptions:
     """Read options for iterating over the keys in [lower, upper)."""
     opts = ReadOptions()
     opts.set_iterate_lower_bound(lower)
@@ -213,7 +228,7 @@ class RocksStates(MutableMapping[str, CallState]):
         self._absent = call_id
 
     def _settled_ids(self) -> Iterator[str]:
-        for key in self.db.keys(from_key=_STATE, read_opt=_bounded(_STATE, _DEADLINE)):
+        for key in self.db.keys(from_key=_STATE, read_opt=bounded(_STATE, _DEADLINE)):
             yield key[1:].decode()
 
     def __iter__(self) -> Iterator[str]:
@@ -241,13 +256,31 @@ class RocksDeadlines:
     last move ended, so no deleted entry is read again. Expiring costs O(entries expired).
     An entry pushed twice may be kept once (on disk): the correlator checks every entry
     against the state, so that changes nothing.
+
+    With `keep` (a store that outlives the process, `pipeline.state.checkpointed`), every
+    entry stays on disk until it is popped, and a popped entry's key is only collected in
+    `popped`: the owner deletes them in the write that records the states the pops led to,
+    so that a crash never leaves a state without the entry that would expire it. Pushes are
+    written at once: an entry the crash makes stale is checked against the state as any.
     """
 
-    __slots__ = ("due", "read", "_db", "_prefix", "_heap", "_bound", "_reads", "_refill")
+    __slots__ = (
+        "due",
+        "read",
+        "popped",
+        "_db",
+        "_prefix",
+        "_heap",
+        "_bound",
+        "_reads",
+        "_refill",
+        "_keep",
+    )
 
-    def __init__(self, db: Rdict, partition: int, refill: int = REFILL) -> None:
+    def __init__(self, db: Rdict, partition: int, refill: int = REFILL, keep: bool = False) -> None:
         self.due: datetime | None = None  # the earliest entry's, None when empty
         self.read = 0  # entries read from disk so far
+        self.popped: list[bytes] = []  # keys of popped entries still on disk (`keep`)
         self._db = db
         self._prefix = _DEADLINE + _PARTITION.pack(partition)
         self._heap: list[tuple[int, str]] = []  # (due µs, call id), every entry <= _bound
@@ -257,21 +290,33 @@ class RocksDeadlines:
             if partition < 0xFFFFFFFF
             else _FINAL  # the last partition: the next key space
         )
-        self._reads = _bounded(self._prefix, upper)
+        self._reads = bounded(self._prefix, upper)
         self._refill = refill
+        self._keep = keep
+        if keep:  # entries a previous process left
+            self._move()
+            if self._heap:
+                self.due = _EPOCH + _US * self._heap[0][0]
 
     def __len__(self) -> int:
         """Entries in the index (reads the partition's entries on disk)."""
         on_disk = sum(1 for _ in self._db.keys(from_key=self._prefix, read_opt=self._reads))
+        if self._keep:  # every entry is on disk, popped ones until they are deleted
+            return on_disk - len(self.popped)
         return len(self._heap) + on_disk
+
+    def _key(self, micros: int, call_id: str) -> bytes:
+        return self._prefix + _DUE.pack(micros + _BIAS) + call_id.encode()
 
     def push(self, due: datetime, call_id: str) -> None:
         micros = (due - _EPOCH) // _US
         bound = self._bound
         if bound is not None and (micros, call_id) <= bound:
             heapq.heappush(self._heap, (micros, call_id))
+            if self._keep:
+                self._db.put(self._key(micros, call_id), b"")
         else:
-            self._db.put(self._prefix + _DUE.pack(micros + _BIAS) + call_id.encode(), b"")
+            self._db.put(self._key(micros, call_id), b"")
         first = self.due
         if first is None or due < first:
             self.due = due
@@ -280,7 +325,9 @@ class RocksDeadlines:
         heap = self._heap
         if not heap:
             self._move()
-        call_id = heapq.heappop(heap)[1]
+        micros, call_id = heapq.heappop(heap)
+        if self._keep:
+            self.popped.append(self._key(micros, call_id))
         if not heap:
             self._move()
         self.due = _EPOCH + _US * heap[0][0] if heap else None
@@ -296,17 +343,22 @@ class RocksDeadlines:
         if bound is None:
             it.seek(prefix)
         else:  # where the last move ended: entries before were deleted, and are not read
-            it.seek(prefix + _DUE.pack(bound[0] + _BIAS) + bound[1].encode())
-        moved = WriteBatch(raw_mode=True)
+            last = self._key(*bound)
+            it.seek(last)
+            if it.valid() and it.key() == last:  # still there until its pop is written
+                it.next()
+        moved = None if self._keep else WriteBatch(raw_mode=True)
         unpack = _DUE.unpack_from
         while len(heap) < self._refill and it.valid():
             key = it.key()
             heap.append((unpack(key, at)[0] - _BIAS, key[at + 8 :].decode()))  # sorted: a heap
-            moved.delete(key)
+            if moved is not None:
+                moved.delete(key)
             it.next()
         del it
         if heap:
-            self._db.write(moved)
+            if moved is not None:
+                self._db.write(moved)
             self._bound = heap[-1]
             self.read += len(heap)
 
@@ -333,7 +385,7 @@ class RocksFinal:
 
     def values(self) -> Iterator[tuple[bool, bool, bool]]:
         flags = _FLAGS
-        for value in self.db.values(from_key=_FINAL, read_opt=_bounded(_FINAL, b"\x03")):
+        for value in self.db.values(from_key=_FINAL, read_opt=bounded(_FINAL, b"\x03")):
             yield flags[value[0]]
 
     def __len__(self) -> int:

@@ -40,8 +40,8 @@ from pipeline.kafka.topics import (
 from pipeline.stream.codec import (
     cdr_to_bytes,
     dead_letter_headers,
-    state_from_bytes,
-    state_to_bytes,
+    state_from_changelog,
+    state_to_changelog,
 )
 from pipeline.stream.progress import WORKER_GROUP, end_offsets
 from pipeline.stream.runtime import (
@@ -79,12 +79,12 @@ class TableStates(States):
             raw = self.table.get(key.encode())
             if raw is None:
                 raise KeyError(key)
-            state = self.cache[key] = state_from_bytes(raw)
+            state = self.cache[key] = state_from_changelog(raw)
         return state
 
     def __setitem__(self, key: str, state: CallState) -> None:
         self.cache[key] = state
-        self.table[key.encode()] = state_to_bytes(state)
+        self.table[key.encode()] = state_to_changelog(state)
 
     def __delitem__(self, key: str) -> None:
         self.cache.pop(key, None)

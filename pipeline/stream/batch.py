@@ -37,6 +37,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -56,13 +57,16 @@ from pipeline.kafka.topics import (
     TOPIC_TICKS,
     ensure_topics_async,
 )
+from pipeline.state.checkpointed import Checkpoint, DiskStates, StoreCorrupt, clock_us
+from pipeline.state.slots import claim_slot
 from pipeline.stream.codec import (
     cdr_to_bytes,
     dead_letter_headers,
-    state_from_bytes,
-    state_to_bytes,
+    state_from_changelog,
+    state_to_changelog,
 )
 from pipeline.stream.progress import WORKER_GROUP
+from pipeline.stream.restore import catch_up
 from pipeline.stream.runtime import (
     REFDATA_POLL_S,
     TICK_INTERVAL_S,
@@ -70,7 +74,7 @@ from pipeline.stream.runtime import (
     States,
     WorkerRuntime,
     check_commits,
-    known_committed_offsets,
+    known_commits,
     reload_refdata,
     restart_in_place,
     tick_stamp,
@@ -261,8 +265,8 @@ class Outbox:
     def __init__(self, producer: AIOKafkaProducer, partition_of: Any) -> None:
         self.producer = producer
         self.partition_of = partition_of  # call id -> partition of its CDRs
-        self.open: dict[tuple[str, int], Any] = {}
-        self.full: list[tuple[str, int, Any]] = []
+        self.open: dict[tuple[str, int], list[Any]] = {}  # [batch, records in it]
+        self.full: list[tuple[str, int, Any, int]] = []
         self.count = 0
 
     def add(
@@ -274,14 +278,15 @@ class Outbox:
         headers: list[tuple[str, bytes]] | None = None,
     ) -> None:
         tp = (topic, partition)
-        batch = self.open.get(tp)
-        if batch is None:
-            batch = self.open[tp] = self.producer.create_batch()
-        if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
-            self.full.append((topic, partition, batch))
-            batch = self.open[tp] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+        entry = self.open.get(tp)
+        if entry is None:
+            entry = self.open[tp] = [self.producer.create_batch(), 0]
+        if entry[0].append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            self.full.append((topic, partition, entry[0], entry[1]))
+            entry = self.open[tp] = [self.producer.create_batch(), 0]
+            if entry[0].append(key=key, value=value, timestamp=None, headers=headers or []) is None:
                 raise ValueError(f"message of {len(value or b'')} bytes exceeds a batch")
+        entry[1] += 1
         self.count += 1
 
     def add_outcome(self, outcome: Outcome, key: bytes | None = None) -> None:
@@ -294,15 +299,23 @@ class Outbox:
             p = dead.source.partition
             self.add(TOPIC_DLQ, p, dead_key, dead.raw, dead_letter_headers(dead))
 
-    async def send(self) -> None:
-        batches = self.full + [(t, p, b) for (t, p), b in self.open.items()]
+    async def send(self) -> dict[tuple[str, int], int]:
+        """Send everything; returns, per topic-partition written, the offset after the last
+        record (a partition's store checkpoints the changelog's)."""
+        batches = self.full + [(t, p, b, n) for (t, p), (b, n) in self.open.items()]
         self.full, self.open, self.count = [], {}, 0
         futures = []
-        for topic, partition, batch in batches:
+        for topic, partition, batch, _ in batches:
             batch.close()
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        ends: dict[tuple[str, int], int] = {}
         if futures:
-            await asyncio.gather(*futures)
+            sent = await asyncio.gather(*futures)
+            for (topic, partition, _, n), meta in zip(batches, sent, strict=True):
+                end = meta.offset + n
+                if end > ends.get((topic, partition), -1):
+                    ends[(topic, partition)] = end
+        return ends
 
 
 class BatchWorker:
@@ -316,13 +329,22 @@ class BatchWorker:
         settings: Settings | None = None,
         idle_after: float = 5.0,
         max_records: int = MAX_RECORDS,
+        state_dir: Path | None = None,
     ) -> None:
         self.bootstrap = bootstrap or config.kafka_bootstrap()
         self.partitions = partitions or config.partitions()
         self.config_dir = config.config_dir()
         self.settings = settings or config.deadlines()
         self.idle_after = idle_after
-        self.states = ChangelogStates()
+        # Call states: in local stores under `state_dir` (a slot of it this process holds,
+        # see `claim_slot`), or in memory read back from the changelog on each assignment.
+        self.state_dir = state_dir
+        self.states: ChangelogStates | DiskStates
+        if state_dir is None:
+            self.states = ChangelogStates()
+        else:
+            self.slot = claim_slot(state_dir)
+            self.states = DiskStates(self.slot.path, self.partitions)
         # Loaded by `run` beside the broker, group and changelog waits; see `_runtime`.
         self.loading: asyncio.Future[RefDataHolder]
         self.refdata: RefDataHolder
@@ -412,6 +434,8 @@ class BatchWorker:
                 task.cancel()
             await self.consumer.stop()  # leaves the group: the others take over at once
             await self.producer.stop()
+            if isinstance(self.states, DiskStates):
+                self.states.close()
 
     async def _runtime(self) -> WorkerRuntime:
         """The runtime, as soon as the reference data is loaded (`run`)."""
@@ -440,7 +464,11 @@ class BatchWorker:
             batch = fetch.result()
             if batch:
                 async with self.lock:
-                    await self.cycle(batch)
+                    try:
+                        await self.cycle(batch)
+                    except StoreCorrupt:
+                        log.exception("a local state store is corrupt: restarting to rebuild it")
+                        restart_in_place()
                 self.gc.after_cycle()
                 self.limit = min(self.max_records, 2 * self.limit)
             self.alive_at = time.monotonic()
@@ -491,22 +519,28 @@ class BatchWorker:
                 TOPIC_CHANGELOG,
                 partition,
                 key.encode(),
-                None if state is None else state_to_bytes(state),
+                None if state is None else state_to_changelog(state),
             )
         try:
-            await outbox.send()
+            ends = await outbox.send()
         except Exception:
             log.exception("producing a cycle's outputs failed: restarting this worker")
             restart_in_place()
         if cdrs or dead:
             metrics.record_products(Outcome(cdrs, dead))
-        if offsets:
+        commit: dict[TopicPartition, Any] = dict(offsets)
+        if isinstance(states, DiskStates):
+            # Each commit carries the changelog offset this cycle's records end at: where
+            # the records of cycles not (yet) committed begin (`pipeline.stream.restore`).
+            marks = self._checkpoint(states, offsets, ends)
+            commit = {tp: (o, str(marks[tp.partition])) for tp, o in offsets.items()}
+        if commit:
             # Bounded: a commit waits for the group coordinator, and after a broker restart the
             # coordinator's rebalance may be waiting for this very cycle (the lock). Everything
             # the commit covers is durable, so failing to commit only means reading it again
             # (the next owner re-sends the outputs in doubt).
             try:
-                await asyncio.wait_for(self.consumer.commit(offsets), COMMIT_TIMEOUT_S)
+                await asyncio.wait_for(self.consumer.commit(commit), COMMIT_TIMEOUT_S)
             except Exception as exc:
                 log.warning("commit failed (%r); the next owner re-reads from the last one", exc)
                 if isinstance(exc.__cause__, (UnknownMemberIdError, IllegalGenerationError)):
@@ -516,25 +550,52 @@ class BatchWorker:
                     self.held = set()
                     self.ready = set()
 
+    def _checkpoint(
+        self,
+        states: DiskStates,
+        offsets: Mapping[TopicPartition, int],
+        ends: Mapping[tuple[str, int], int],
+    ) -> dict[int, int]:
+        """Write the cycle's states to the local stores with a checkpoint per partition
+        processed; returns each one's changelog offset."""
+        clock = self.runtime.engine.correlator.clock
+        checkpoints: dict[int, Checkpoint] = {}
+        for p in {tp.partition for tp in offsets}:
+            previous = states.stores[p].checkpoint
+            changelog = ends.get((TOPIC_CHANGELOG, p), previous.changelog if previous else 0)
+            inputs = {t: self.position[(t, p)] for t in OWN_TOPICS if (t, p) in self.position}
+            checkpoints[p] = Checkpoint(self.partitions, changelog, inputs, clock_us(clock(p)))
+        try:
+            states.flush(checkpoints)
+        except Exception:
+            log.exception("writing the local state stores failed: restarting this worker")
+            restart_in_place()
+        return {p: cp.changelog for p, cp in checkpoints.items()}
+
     # -- rebalances --------------------------------------------------------------------------
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Drop what we no longer own, read the states of what is new to us from the
+        """Drop what we no longer own, bring the states of what is new to us up to the
         changelog, then re-send the outputs in doubt of the newly owned partitions."""
         owned = {tp.partition for tp in assigned if tp.topic in INPUT_TOPICS}
-        committed = await known_committed_offsets(self.bootstrap)
+        commits = await known_commits(self.bootstrap)
+        committed = {tp: offset for tp, (offset, _) in commits.items()}
         stale = stale_partitions(owned & self.held, committed, self.position)
         gone, new = self.held - owned, (owned - self.held) | stale
-        self.states.drop(gone | new)
-        if new:
-            started = time.monotonic()
-            restored = await self._restore(new)
-            log.info(
-                "read %d call states of partitions %s in %.1fs",
-                restored,
-                sorted(new),
-                time.monotonic() - started,
-            )
+        doubtful: list[CallState] = []
+        if isinstance(self.states, DiskStates):
+            doubtful = await self._recover(self.states, gone, new, commits)
+        else:
+            self.states.drop(gone | new)
+            if new:
+                started = time.monotonic()
+                restored = await self._restore(new)
+                log.info(
+                    "read %d call states of partitions %s in %.1fs",
+                    restored,
+                    sorted(new),
+                    time.monotonic() - started,
+                )
         for p in new:
             for t in OWN_TOPICS:
                 self.position[(t, p)] = committed.get((t, p), 0)
@@ -542,7 +603,12 @@ class BatchWorker:
             runtime = await self._runtime()  # the reference data in force: nothing before
         except Exception:
             return  # refused: `run` ends the worker with the reason
-        outcome = runtime.on_assigned(owned, committed, in_doubt=new)
+        if isinstance(self.states, DiskStates):
+            stores = self.states.stores
+            clocks = {p: cp.clock_times() for p in owned if (cp := stores[p].checkpoint)}
+            outcome = runtime.reassign(owned, clocks, doubtful)
+        else:
+            outcome = runtime.on_assigned(owned, committed, in_doubt=new)
         if outcome.cdrs or outcome.dead:
             outbox = Outbox(self.producer, lambda call_id: partition_for(call_id, self.partitions))
             outbox.add_outcome(outcome)
@@ -553,6 +619,41 @@ class BatchWorker:
         metrics.ASSIGNED.set(len(owned))
         self.watchdog.reset(time.monotonic())
         self.alive_at = time.monotonic()
+
+    async def _recover(
+        self,
+        states: DiskStates,
+        gone: set[int],
+        new: set[int],
+        commits: Mapping[TP, tuple[int, str]],
+    ) -> list[CallState]:
+        """Close the stores of partitions given up; open those of the new ones and bring
+        each up to the changelog (from its checkpoint, or rebuilt). Returns the states whose
+        outputs are in doubt."""
+        states.detach(gone | new)
+        doubtful: list[CallState] = []
+        for p in sorted(new):
+            store = states.open_store(p)
+            done = await asyncio.to_thread(
+                catch_up, self.bootstrap, store, self.settings, commits, OWN_TOPICS
+            )
+            states.attach(p)
+            doubtful += done.doubtful
+            self.alive_at = time.monotonic()
+            log.warning(
+                "partition %d: %s %d changelog records (%d applied) in %.2fs%s; %d in doubt",
+                p,
+                "rebuilt from" if done.rebuilt else "caught up with",
+                done.read,
+                done.applied,
+                done.seconds,
+                f" (the local store {done.problem})" if done.problem else "",
+                len(done.doubtful),
+            )
+            metrics.STATE_RECOVERED.labels("rebuild" if done.rebuilt else "checkpoint").inc(
+                done.applied
+            )
+        return doubtful
 
     async def _restore(self, partitions: set[int]) -> int:
         """Read the changelog partitions to their current end into the states; returns how
@@ -604,7 +705,7 @@ class BatchWorker:
         gc.disable()
         try:
             for n, (key, (partition, value)) in enumerate(last.items(), 1):
-                state = None if value is None else state_from_bytes(value)
+                state = None if value is None else state_from_changelog(value)
                 restore(key.decode(), partition, state)
                 if n % RESTORE_YIELD_EVERY == 0:  # the group heartbeat runs on this loop too
                     self.alive_at = time.monotonic()
@@ -650,7 +751,11 @@ class BatchWorker:
         await check_commits(self.watchdog, self.bootstrap, ends)
 
     async def _gauges(self) -> None:
-        metrics.OPEN_CALLS.set(sum(1 for s in self.states.data.values() if not s.settled))
+        states = self.states
+        if isinstance(states, DiskStates):
+            metrics.OPEN_CALLS.set(states.open_count())
+        else:
+            metrics.OPEN_CALLS.set(sum(1 for s in states.data.values() if not s.settled))
 
 
 def stale_partitions(

@@ -1,8 +1,9 @@
 """Wire formats of what the workers write to Kafka: CDR records, call states, dead letters.
 
 CDRs travel as JSON with money as decimal strings (never floats) and times as
-ISO 8601 UTC; call states (the Faust table's changelog) keep each event's
-original bytes, so a restored state is re-parsed from exactly what came in.
+ISO 8601 UTC. Call states (the changelog of both engines) are the local stores' binary
+encoding (`pipeline.state.codec`), so a store is rebuilt from the changelog by copying bytes;
+states in the earlier JSON format (each event's original bytes, re-parsed) are still read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 from pipeline.core.correlate import CallState, DeadLetter, Held
 from pipeline.core.events import event_from_dict, parse_ts
 from pipeline.core.model import CDR, Source
+from pipeline.state.codec import decode_state, encode_state
 
 _CDR_FIELDS = tuple(f.name for f in dataclasses.fields(CDR))
 _TIME_FIELDS = frozenset({"start_time", "connect_time", "end_time"})
@@ -65,7 +67,18 @@ def _held_from_json(data: list[Any] | None) -> Held | None:
     return Held(event_from_dict(orjson.loads(raw)), raw, Source(data[1], data[2], data[3]))
 
 
+def state_to_changelog(state: CallState) -> bytes:
+    """A call state as the changelog carries it."""
+    return encode_state(state)
+
+
+def state_from_changelog(raw: bytes) -> CallState:
+    """A changelog record's state, in either format (the JSON one starts with `[`)."""
+    return state_from_bytes(raw) if raw[:1] == b"[" else decode_state(raw)
+
+
 def state_to_bytes(state: CallState) -> bytes:
+    """The changelog's earlier JSON format (still read: `state_from_changelog`)."""
     return orjson.dumps(
         [
             state.id,

@@ -45,6 +45,14 @@ async def committed_offsets(
     partitions without a commit are absent. When the group coordinator cannot answer
     (no group yet, or a broker just restarted) this is {} — unless `strict`, which raises:
     a worker must never take "unknown" for "nothing committed"."""
+    commits = await committed_with_metadata(bootstrap, group, strict=strict)
+    return {tp: offset for tp, (offset, _) in commits.items()}
+
+
+async def committed_with_metadata(
+    bootstrap: str, group: str, *, strict: bool = False
+) -> dict[tuple[str, int], tuple[int, str]]:
+    """As `committed_offsets`, with the metadata string committed beside each offset."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -55,7 +63,11 @@ async def committed_offsets(
         committed = {}
     finally:
         await admin.close()
-    return {(tp.topic, tp.partition): m.offset for tp, m in committed.items() if m.offset >= 0}
+    return {
+        (tp.topic, tp.partition): (m.offset, m.metadata or "")
+        for tp, m in committed.items()
+        if m.offset >= 0
+    }
 
 
 async def group_lag(bootstrap: str, group: str, topics: tuple[str, ...]) -> int:

@@ -25,7 +25,7 @@ from pipeline.core.correlate import CallState, Correlator, Settings, partition_f
 from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataError, RefDataHolder
-from pipeline.stream.progress import WORKER_GROUP, committed_offsets
+from pipeline.stream.progress import WORKER_GROUP, committed_offsets, committed_with_metadata
 from pipeline.stream.watchdog import TP, CommitWatchdog
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,31 @@ class WorkerRuntime:
         )
         return self.engine.resend(doubtful)
 
+    def reassign(
+        self,
+        partitions: set[int],
+        clocks: Mapping[int, Mapping[str, datetime]],
+        doubtful: list[CallState],
+    ) -> Outcome:
+        """`on_assigned` for states that keep their deadline index and clocks themselves
+        (`pipeline.state.checkpointed.DiskStates`): nothing is read through, the states whose
+        outputs are in doubt come from the recovery, and each partition's event time resumes
+        from `clocks` (its checkpoint)."""
+        deadlines = self.states.deadlines  # type: ignore[attr-defined]
+        correlator = Correlator(self.states, self.settings, deadlines=deadlines)
+        for p in sorted(partitions):
+            correlator.set_clock(p, clocks.get(p, {}))
+        self.engine.correlator = correlator
+        self.assigned = partitions
+        now = time.monotonic()
+        self.last_event_wall = {p: now for p in partitions}
+        log.info(
+            "assigned partitions %s from their local stores; resending the output of %d",
+            sorted(partitions),
+            len(doubtful),
+        )
+        return self.engine.resend(doubtful)
+
 
 async def _metadata(bootstrap: str) -> None:
     client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
@@ -178,11 +203,17 @@ async def known_committed_offsets(bootstrap: str, wait_s: float = 60.0) -> dict[
     a broker restart it needs some seconds). Re-sending outputs in doubt (and the Faust
     worker's commit fence) start from them, so a guess is never good enough: if the broker
     does not answer within `wait_s`, the worker restarts and tries again."""
+    commits = await known_commits(bootstrap, wait_s)
+    return {tp: offset for tp, (offset, _) in commits.items()}
+
+
+async def known_commits(bootstrap: str, wait_s: float = 60.0) -> dict[TP, tuple[int, str]]:
+    """`known_committed_offsets` with the metadata committed beside each offset."""
     deadline = time.monotonic() + wait_s
     delay = 0.2
     while True:
         try:
-            return await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
+            return await committed_with_metadata(bootstrap, WORKER_GROUP, strict=True)
         except Exception as exc:
             if time.monotonic() > deadline:
                 log.error("committed offsets unavailable (%s): restarting this worker", exc)

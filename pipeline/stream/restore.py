@@ -1,0 +1,142 @@
+"""Bringing a partition's local store up to the changelog (`pipeline.state.checkpointed`).
+
+A store is read from its checkpoint on (a restart on the same host: a cycle or two of
+records), or from the changelog's beginning (a partition new to this host, or a store that
+was not usable): the same code, in bulk. The changelog is read with librdkafka
+(confluent-kafka) in a thread: a rebuild moves millions of records, and aiokafka's
+Python-side fetch decoding alone took half of a rebuild's time, where librdkafka fetches in
+its own threads while this one writes the store.
+
+Which outputs a crash may have lost: each cycle commits, beside each input offset, the
+changelog offset its own records end at (commit metadata). Records from that offset on were
+written by cycles whose commit did not happen; of those, the states whose trigger lies at
+or after the committed input offset have outputs in doubt, to be sent again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import TopicPartition as RdTopicPartition
+
+from pipeline.core.correlate import CallState, Settings
+from pipeline.kafka.topics import TOPIC_CHANGELOG
+from pipeline.state.checkpointed import PartitionStore, Rebuild
+from pipeline.stream.codec import state_from_changelog
+from pipeline.stream.watchdog import TP
+
+log = logging.getLogger(__name__)
+
+BATCH = 20_000  # records taken from librdkafka at a time
+# Changelog tombstones are kept for a day (the broker's `delete.retention.ms` default): a
+# store whose checkpoint is older may have missed one, and is rebuilt.
+MAX_STORE_AGE_S = 20 * 3600
+
+
+@dataclass
+class Restored:
+    """What a catch-up did: records read, of which applied to the store, and the states of
+    the partition whose outputs are in doubt (newest per call)."""
+
+    partition: int
+    read: int = 0
+    applied: int = 0
+    rebuilt: bool = False
+    problem: str | None = None
+    seconds: float = 0.0
+    doubtful: list[CallState] = field(default_factory=list)
+
+
+def doubt_from(
+    partition: int, commits: Mapping[TP, tuple[int, str]], topics: tuple[str, ...]
+) -> int:
+    """The changelog offset from which a partition's records may come from uncommitted
+    cycles: the smallest one committed as metadata beside its input offsets; 0 (every record)
+    when a commit carries none (committed by another engine, or none yet)."""
+    marks = []
+    for topic in topics:
+        commit = commits.get((topic, partition))
+        if commit is None:
+            continue
+        try:
+            marks.append(int(commit[1]))
+        except ValueError:
+            return 0
+    return min(marks) if marks else 0
+
+
+def catch_up(
+    bootstrap: str,
+    store: PartitionStore,
+    settings: Settings,
+    commits: Mapping[TP, tuple[int, str]],
+    topics: tuple[str, ...],
+) -> Restored:
+    """Bring `store` up to the changelog's current end and write its checkpoint; blocking
+    (run it in a thread). `commits`: the group's (offset, metadata) per input topic-partition;
+    `topics`: the input topics of a partition."""
+    started = time.monotonic()
+    p = store.partition
+    result = Restored(p)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "cdrpipe-restore",  # required by librdkafka; nothing is committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 64 << 20,
+            "max.partition.fetch.bytes": 16 << 20,
+            "queued.max.messages.kbytes": 256 << 10,
+        }
+    )
+    try:
+        begin, end = consumer.get_watermark_offsets(RdTopicPartition(TOPIC_CHANGELOG, p), 10)
+        problem = store.check(begin, end, MAX_STORE_AGE_S) or store.problem
+        result.problem = problem
+        cp = store.checkpoint
+        start = cp.changelog if cp is not None else 0
+        result.rebuilt = cp is None
+        doubt = doubt_from(p, commits, topics)
+        first = max(begin, min(start, doubt))
+        rebuild = Rebuild(store, settings)
+        doubtful: dict[bytes, CallState | None] = {}
+        if first < end:
+            consumer.assign([RdTopicPartition(TOPIC_CHANGELOG, p, first)])
+            position = first
+            while position < end:
+                messages = consumer.consume(BATCH, 1.0)
+                records = []
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            position = end
+                            continue
+                        raise KafkaException(error)
+                    offset = message.offset()
+                    if offset >= end:
+                        position = end
+                        break
+                    position = offset + 1
+                    key, value = message.key(), message.value()
+                    if offset >= start:
+                        records.append((key, value))
+                    if offset >= doubt:
+                        doubtful[key] = None if value is None else state_from_changelog(value)
+                    result.read += 1
+                rebuild.apply(records)
+        inputs = {t: commits[(t, p)][0] for t in topics if (t, p) in commits}
+        rebuild.finish(end, inputs)
+        result.applied = rebuild.applied
+        for state in doubtful.values():
+            t = state.trigger if state is not None else None
+            if t is not None and t.offset >= commits.get((t.topic, t.partition), (0, ""))[0]:
+                result.doubtful.append(state)  # type: ignore[arg-type]
+    finally:
+        consumer.close()
+    result.seconds = time.monotonic() - started
+    return result
