@@ -19,9 +19,10 @@ Key spaces of a partition's database (a byte, then the call id):
     0x06 "checkpoint"  the checkpoint (JSON)
 
 Writes of a cycle wait in memory (`DiskStates.dirty`, read through) until the cycle's
-changelog records are acknowledged, then go in one batch with the checkpoint (`flush`).
-Without a write-ahead log, a crash loses what RocksDB had not flushed yet, never part of a
-batch: the checkpoint found on restart always matches the data beside it.
+changelog records are acknowledged, then go in one batch with the checkpoint (`flush`),
+through the write-ahead log (not synced: a killed process loses nothing, a crashed host at
+most the last batches, never part of one): the checkpoint found on restart always matches
+the data beside it. A bulk rebuild skips the log and flushes before its checkpoint.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from rocksdict import Cache, Rdict, ReadOptions, WriteBatch, WriteBufferManager
 from pipeline.core.correlate import CallState, Settings
 from pipeline.state import codec
 from pipeline.state.codec import decode_state, encode_state
-from pipeline.state.rocks import BLOCK_CACHE, RocksDeadlines, bounded, open_db
+from pipeline.state.rocks import BLOCK_CACHE, NO_WAL, RocksDeadlines, bounded, open_db
 from pipeline.stream.codec import state_from_bytes
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,11 @@ class PartitionStore:
 
     def _open(self) -> Rdict:
         return open_db(
-            self.path, cache=self._cache, write_buffer=WRITE_BUFFER, manager=self._manager
+            self.path,
+            cache=self._cache,
+            write_buffer=WRITE_BUFFER,
+            manager=self._manager,
+            wal=True,
         )
 
     def _recreate(self) -> Rdict:
@@ -200,9 +205,9 @@ class Rebuild:
     checkpoint, or a whole rebuild): each state as it came, its deadline into the index,
     open calls marked, and the partition's clock moved to the newest event time seen.
 
-    Writes go straight to the database; the checkpoint is written last (`finish`), so a
-    crash in between leaves a store whose old checkpoint (or none) makes the next start read
-    the same records again."""
+    Writes go straight to the database, past the write-ahead log; `finish` flushes them and
+    only then writes the checkpoint, so a crash in between leaves a store whose old
+    checkpoint (or none) makes the next start read the same records again."""
 
     def __init__(self, store: PartitionStore, settings: Settings) -> None:
         self.store = store
@@ -218,7 +223,14 @@ class Rebuild:
         self.applied = 0
 
     def apply(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
-        put, delete = self.store.db.put, self.store.db.delete
+        db = self.store.db
+
+        def put(key: bytes, value: bytes) -> None:
+            db.put(key, value, NO_WAL)
+
+        def delete(key: bytes) -> None:
+            db.delete(key, NO_WAL)
+
         times, opened, newest = codec.times, self.opened, self.newest
         prefix, memory_us, bias = self.prefix, self.memory_us, 1 << 63
         n = 0
@@ -252,6 +264,8 @@ class Rebuild:
             db.delete(OPEN + key)
         for key in self.opened - self.marked:
             db.put(OPEN + key, b"")
+        if self.applied:
+            db.flush(True)
         clock = {kind: ts for kind, ts in zip(KINDS, self.newest, strict=True) if ts is not None}
         self.store.write_checkpoint(Checkpoint(self.store.partitions, changelog, inputs, clock))
 

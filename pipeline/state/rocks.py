@@ -83,10 +83,13 @@ def open_db(
     cache: Cache | None = None,
     write_buffer: int = WRITE_BUFFER,
     manager: WriteBufferManager | None = None,
+    wal: bool = False,
 ) -> Rdict:
     """A RocksDB for state in `path` (created if missing): LZ4 compression (zstd for the
     bottom level, where most data ends), 16 KiB blocks with bloom filters (most lookups are
-    for new calls, which miss), no write-ahead log (the changelog topic is the durable copy).
+    for new calls, which miss). Without `wal` (scratch state) writes skip the write-ahead
+    log; with it, they are appended but not synced: a killed process loses nothing, a
+    crashed host what the OS had not written, never part of a batch.
 
     `cache` (a block cache) and `manager` (a cap on the write buffers) may be shared by the
     databases of one process; by default each has its own (`BLOCK_CACHE`, `WRITE_BUFFERS`
@@ -112,10 +115,13 @@ def open_db(
     table.set_block_cache(cache if cache is not None else Cache(BLOCK_CACHE))
     opts.set_block_based_table_factory(table)
     db = Rdict(str(path), opts)
-    writes = WriteOptions()
-    writes.disable_wal = True
-    db.set_write_options(writes)
+    if not wal:
+        db.set_write_options(NO_WAL)
     return db
+
+
+NO_WAL = WriteOptions()
+NO_WAL.disable_wal = True
 
 
 @contextmanager

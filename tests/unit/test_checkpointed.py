@@ -281,3 +281,31 @@ def test_the_layout_is_versioned():
     assert checkpointed.LAYOUT >= 1
     with pytest.raises(ValueError):
         Checkpoint.from_bytes(b'{"partitions": 1}')
+
+
+KILLED = """
+import os, sys
+from pathlib import Path
+from pipeline.core.correlate import CallState
+from pipeline.state.checkpointed import Checkpoint, DiskStates
+states = DiskStates(Path(sys.argv[1]), 1)
+states.open_store(0)
+states.attach(0)
+states["a"] = CallState("a")
+states.flush({0: Checkpoint(1, 11)})
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_a_killed_process_loses_no_flushed_cycle(tmp_path):
+    """The stores' batches go through the write-ahead log: a process killed with SIGKILL
+    right after a cycle's flush (nothing flushed to table files yet) loses nothing of it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", KILLED, str(tmp_path)], check=False)
+    assert done.returncode == -9
+    store = reopen(tmp_path)
+    assert store.problem is None and store.checkpoint.changelog == 11
+    assert store.db.get(STATE + b"a") is not None
+    store.close()

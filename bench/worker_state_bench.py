@@ -1,0 +1,298 @@
+"""A batch worker holding millions of remembered calls in its local stores, on the real local
+broker: memory, disk, new-host rebuild rate and restart after SIGKILL.
+
+    python bench/worker_state_bench.py --calls 1000000 10000000
+
+Per N, on a fresh broker (8 partitions):
+
+1. fill: N settled calls (start, connect, end; ~1 KB encoded, the raw events included) are
+   written to the changelog, each on its call's partition, as workers would have;
+2. rebuild: the eight partitions' stores are built from the changelog in this process, with
+   the worker's own code (`pipeline.stream.restore.catch_up`, one partition after the other):
+   states/s, and the stores' bytes on disk;
+3. worker: `cdrpipe worker` starts with an empty data directory (a new host: it rebuilds the
+   same way), while new calls arrive at `--rate` calls/s; once it has committed them, its RSS
+   (current and peak) is read from /proc;
+4. restart: the worker is killed with SIGKILL and started again on the same data directory
+   while the calls keep coming: seconds from the relaunch to its first commit (the group's
+   committed offsets move), and what its log says it read of the changelog.
+
+Then the RSS each remembered call adds: the difference of the worker's RSS between the two
+sizes, over the difference in calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.chaos import free_ports  # noqa: E402
+from pipeline.core.correlate import Correlator, make_held, partition_for  # noqa: E402
+from pipeline.core.events import parse_event  # noqa: E402
+from pipeline.core.model import Source  # noqa: E402
+from pipeline.kafka.broker import LocalKafka  # noqa: E402
+from pipeline.kafka.topics import TOPIC_CHANGELOG, ensure_topics  # noqa: E402
+from pipeline.state.checkpointed import DiskStates  # noqa: E402
+from pipeline.state.codec import encode_state  # noqa: E402
+from pipeline.stream.batch import OWN_TOPICS  # noqa: E402
+from pipeline.stream.progress import WORKER_GROUP, committed_offsets  # noqa: E402
+from pipeline.stream.restore import catch_up  # noqa: E402
+
+PARTITIONS = 8
+TEMPLATE_ID = "bench-0000000000"
+
+
+def raw_events(call_id: str, at: datetime) -> list[bytes]:
+    common = {"gateway": "gw1", "direction": "outbound", "account": "ACC-1001"}
+    start = {"source": "+14155550100", "destination": "+442071234567", "trunk": "TRK-US-1"}
+    end = {"disconnect_code": 200, "disconnect_reason": "OK"}
+    end["disconnect_initiator"] = "origination"
+    out = []
+    for j, (kind, extra) in enumerate((("start", start), ("connect", {}), ("end", end))):
+        ts = (at + timedelta(seconds=10 * j)).isoformat().replace("+00:00", "Z")
+        out.append(orjson.dumps({"event": kind, "id": call_id, "ts": ts, **common, **extra}))
+    return out
+
+
+def template_state(at: datetime) -> bytes:
+    """The encoded state of one settled call, its id `TEMPLATE_ID` (same length as all)."""
+    correlator = Correlator({})
+    topics = ("sip.call.start", "sip.call.connect", "sip.call.end")
+    for n, (raw, topic) in enumerate(zip(raw_events(TEMPLATE_ID, at), topics, strict=True)):
+        correlator.process(make_held(parse_event(raw), raw, Source(topic, 0, n)), 0)
+    return encode_state(correlator.states[TEMPLATE_ID])
+
+
+async def fill(bootstrap: str, calls: int) -> float:
+    started = time.monotonic()
+    template = template_state(datetime.now(UTC) - timedelta(hours=2))
+    old = TEMPLATE_ID.encode()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
+    )
+    await producer.start()
+    try:
+        pending = []
+        for i in range(calls):
+            call_id = f"bench-{i:010d}"
+            key = call_id.encode()
+            value = template.replace(old, key)
+            p = partition_for(call_id, PARTITIONS)
+            pending.append(await producer.send(TOPIC_CHANGELOG, value, key=key, partition=p))
+            if len(pending) >= 50_000:
+                await asyncio.gather(*pending)
+                pending = []
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    await commit_as_a_worker(bootstrap)
+    return time.monotonic() - started
+
+
+async def commit_as_a_worker(bootstrap: str) -> None:
+    """Commit the worker group's offsets as the workers that wrote the changelog would
+    have: beside each input offset, the changelog offset their records end at."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=WORKER_GROUP)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(TOPIC_CHANGELOG, p) for p in range(PARTITIONS)]
+        ends = await consumer.end_offsets(tps)
+        commits = {
+            TopicPartition(topic, tp.partition): (0, str(end))
+            for tp, end in ends.items()
+            for topic in OWN_TOPICS
+        }
+        consumer.assign(list(commits))
+        await consumer.commit(commits)
+    finally:
+        await consumer.stop()
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def rebuild(bootstrap: str, root: Path) -> tuple[int, float, int]:
+    from pipeline.config import deadlines
+
+    states = DiskStates(root, PARTITIONS)
+    applied, seconds = 0, 0.0
+    for p in range(PARTITIONS):
+        done = catch_up(bootstrap, states.open_store(p), deadlines(), {}, ())
+        applied += done.applied
+        seconds += done.seconds
+    states.close()
+    return applied, seconds, du(root)
+
+
+class Feeder(threading.Thread):
+    """New calls at `rate` calls/s, timestamped now, until stopped."""
+
+    def __init__(self, bootstrap: str, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.bootstrap, self.rate = bootstrap, rate
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=self.bootstrap, linger_ms=5)
+        await producer.start()
+        topics = ("sip.call.start", "sip.call.connect", "sip.call.end")
+        try:
+            started = time.monotonic()
+            while not self.stop.is_set():
+                due = int((time.monotonic() - started) * self.rate)
+                while self.sent < due:
+                    call_id = f"live-{self.sent:010d}"
+                    at = datetime.now(UTC) - timedelta(seconds=30)
+                    for raw, topic in zip(raw_events(call_id, at), topics, strict=True):
+                        await producer.send(topic, raw, key=call_id.encode())
+                    self.sent += 1
+                await asyncio.sleep(0.05)
+        finally:
+            await producer.stop()
+
+
+def rss(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) in bytes."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+def committed_total(bootstrap: str) -> int:
+    return sum(asyncio.run(committed_offsets(bootstrap, WORKER_GROUP)).values())
+
+
+def launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "worker", "--name", "bench-worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "ab"),  # noqa: SIM115
+        cwd=tempfile.gettempdir(),
+    )
+
+
+def wait_commit_beyond(bootstrap: str, before: int, timeout: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if committed_total(bootstrap) > before:
+                return time.monotonic() - started
+        except Exception:
+            pass
+        time.sleep(0.1)
+    return float("nan")
+
+
+RECOVERED = re.compile(r"partition (\d+): (rebuilt from|caught up with) (\d+) changelog records")
+
+
+def recovered(log: Path, since: int) -> tuple[int, int]:
+    """(rebuilt records, caught-up records) the worker logged after byte `since`."""
+    text = log.read_bytes()[since:].decode(errors="replace")
+    rebuilt = caught = 0
+    for m in RECOVERED.finditer(text):
+        if m.group(2) == "rebuilt from":
+            rebuilt += int(m.group(3))
+        else:
+            caught += int(m.group(3))
+    return rebuilt, caught
+
+
+def measure(calls: int, rate: float, tmp: Path) -> dict[str, float]:
+    port, controller = free_ports(2)
+    kafka = LocalKafka(data_dir=tmp / "kafka", port=port, controller_port=controller)
+    kafka.start()
+    out: dict[str, float] = {"calls": calls}
+    feeder = None
+    worker = None
+    try:
+        ensure_topics(kafka.bootstrap, PARTITIONS)
+        out["fill_s"] = asyncio.run(fill(kafka.bootstrap, calls))
+        applied, seconds, disk = rebuild(kafka.bootstrap, tmp / "new-host")
+        out["rebuild_states_per_s"] = applied / seconds
+        out["store_bytes_per_call"] = disk / calls
+        env = dict(os.environ)
+        env |= {
+            "CDRPIPE_KAFKA": kafka.bootstrap,
+            "CDRPIPE_PARTITIONS": str(PARTITIONS),
+            "CDRPIPE_DATA": str(tmp / "data"),
+            "CDRPIPE_LOGLEVEL": "warning",
+            "PYTHONPATH": str(ROOT),
+        }
+        log = tmp / "worker.log"
+        feeder = Feeder(kafka.bootstrap, rate)
+        feeder.start()
+        launched = time.monotonic()
+        worker = launch(env, log)
+        first = wait_commit_beyond(kafka.bootstrap, 0, 1800)
+        out["new_host_first_commit_s"] = first
+        out["new_host_rebuilt_records"] = recovered(log, 0)[0]
+        time.sleep(20)  # steady state with the calls coming in
+        out["worker_rss"], out["worker_peak_rss"] = rss(worker.pid)
+        out["worker_up_s"] = time.monotonic() - launched
+        before = committed_total(kafka.bootstrap)
+        mark = log.stat().st_size
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        worker = launch(env, log)
+        out["restart_first_commit_s"] = wait_commit_beyond(kafka.bootstrap, before, 600)
+        rebuilt, caught = recovered(log, mark)
+        out["restart_rebuilt_records"], out["restart_caught_up_records"] = rebuilt, caught
+        time.sleep(5)
+        out["restarted_rss"] = rss(worker.pid)[0]
+        out["fed_calls"] = feeder.sent
+    finally:
+        if feeder is not None:
+            feeder.stop.set()
+            feeder.join(10)
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        kafka.stop(timeout=30)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, nargs="+", default=[1_000_000])
+    parser.add_argument("--rate", type=float, default=100.0, help="new calls a second")
+    args = parser.parse_args()
+    results = []
+    for calls in args.calls:
+        with tempfile.TemporaryDirectory(prefix="cdrpipe-wsb-") as tmp:
+            result = measure(calls, args.rate, Path(tmp))
+        print(orjson.dumps(result).decode(), flush=True)
+        results.append(result)
+    for a, b in zip(results, results[1:], strict=False):
+        per_call = (b["worker_rss"] - a["worker_rss"]) / (b["calls"] - a["calls"])
+        print(f"RSS per remembered call, {a['calls']:.0f} -> {b['calls']:.0f}: {per_call:.1f} B")
+
+
+if __name__ == "__main__":
+    main()

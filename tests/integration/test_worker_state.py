@@ -1,0 +1,163 @@
+"""The batch worker's local state stores on the real broker: a worker killed at any point of
+its cycle restarts from its checkpoint and reads only the changelog's tail; a partition that
+moves to another worker and back is caught up, not rebuilt; the CDRs are always replay's."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+from pathlib import Path
+
+import pytest
+
+from pipeline.demo import Pipeline
+from pipeline.simulate import SimConfig, generate, produce
+
+from .conftest import dump_store
+from .test_stream import CONFIG, assert_same_cdrs, recent_start, run_replay
+
+RECOVERED = re.compile(r"partition (\d+): (rebuilt from|caught up with) (\d+) changelog records")
+
+# Loaded by the worker processes of a test (PYTHONPATH): kills the worker with SIGKILL at a
+# given point of its `CDRPIPE_TEST_KILL_CYCLE`-th cycle that wrote its stores.
+KILLER = """
+import os, signal
+from pipeline.state import checkpointed
+
+_flush = checkpointed.DiskStates.flush
+_seen = [0]
+
+
+def flush(self, checkpoints):
+    _seen[0] += 1
+    point = os.environ.get("CDRPIPE_TEST_KILL")
+    due = _seen[0] == int(os.environ.get("CDRPIPE_TEST_KILL_CYCLE", "0"))
+    if due and point == "before-checkpoint":  # the changelog has the cycle, the store not
+        os.kill(os.getpid(), signal.SIGKILL)
+    _flush(self, checkpoints)
+    if due and point == "before-commit":  # the store has it, the group's commit not
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+checkpointed.DiskStates.flush = flush
+"""
+
+
+@pytest.fixture(autouse=True)
+def batch_engine(monkeypatch):
+    monkeypatch.setenv("CDRPIPE_WORKER_ENGINE", "batch")
+    monkeypatch.setenv("CDRPIPE_WORKER_STATE", "disk")
+
+
+def sim(calls: int, seed: int):
+    cfg = SimConfig(
+        calls=calls,
+        seed=seed,
+        config_dir=str(CONFIG),
+        start=recent_start(),
+        reorder=0.05,
+        duplicate=0.05,
+        late=0.02,
+    )
+    return generate(cfg)
+
+
+def recoveries(log: str) -> list[tuple[int, str, int]]:
+    return [(int(p), how, int(n)) for p, how, n in RECOVERED.findall(log)]
+
+
+def pipeline_for(broker, tmp_path: Path, env: dict[str, str] | None = None) -> Pipeline:
+    store = f"chdb://{tmp_path / 'stream-store'}"
+    base = {
+        "CDRPIPE_DATA": str(tmp_path / "data"),
+        "CDRPIPE_CONFIG": str(CONFIG),
+        "CDRPIPE_LOGLEVEL": "warning",
+        **(env or {}),
+    }
+    return Pipeline(broker.bootstrap, store, tmp_path / "logs", 1, base)
+
+
+@pytest.mark.parametrize("point", ["between-cycles", "before-checkpoint", "before-commit"])
+def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
+    """SIGKILL between two cycles, after a cycle's outputs and changelog records were
+    produced but before its stores were written, or after that but before its commit: the
+    restarted worker (same host, same data directory) opens its stores, reads only the
+    changelog records its checkpoints do not cover, rebuilds nothing, re-sends the outputs in
+    doubt, and the store ends with replay's CDRs."""
+    traffic = sim(4000, 41)
+    half = len(traffic.messages) // 2
+    env = {}
+    if point != "between-cycles":
+        hooks = tmp_path / "hooks"
+        hooks.mkdir()
+        (hooks / "sitecustomize.py").write_text(KILLER)
+        root = str(Path(__file__).resolve().parents[2])
+        env = {
+            "PYTHONPATH": f"{hooks}:{root}",
+            "CDRPIPE_TEST_KILL": point,
+            "CDRPIPE_TEST_KILL_CYCLE": "4",
+        }
+    pipeline = pipeline_for(broker, tmp_path)
+    pipeline.start()
+    try:
+        asyncio.run(produce(traffic.messages[:half], broker.bootstrap))
+        pipeline.wait_stored(timeout_s=300)
+        if point == "between-cycles":
+            pipeline.stop("worker0", sig=signal.SIGKILL)
+            asyncio.run(produce(traffic.messages[half:], broker.bootstrap))
+        else:
+            pipeline.stop("worker0")
+            pipeline.start_worker(0, env=env)  # dies in its 4th cycle that writes
+            asyncio.run(produce(traffic.messages[half:], broker.bootstrap))
+            proc = pipeline.procs["worker0"]
+            assert proc.wait(120) == -signal.SIGKILL
+            pipeline.procs.pop("worker0")
+        mark = (tmp_path / "logs" / "worker0.log").stat().st_size
+        pipeline.start_worker(0)
+        lags = pipeline.wait_stored(timeout_s=300, settle_s=4)
+    finally:
+        pipeline.stop()
+    assert all(v == 0 for v in lags.values()), lags
+    log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
+    restart = recoveries(log)
+    assert sorted(p for p, _, _ in restart) == list(range(8)), log[-3000:]
+    assert {how for _, how, _ in restart} == {"caught up with"}, restart
+    read = sum(n for _, _, n in restart)
+    assert read < len(traffic.messages) // 4, restart  # the tail, not the changelog
+    if point == "before-checkpoint":
+        assert read > 0  # the records of the cycle the stores never got
+    replay_store, _ = run_replay(tmp_path, traffic)
+    assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
+
+
+def test_a_partition_moved_away_and_back_is_caught_up_not_rebuilt(broker, tmp_path):
+    """worker0 owns everything; worker1 joins and takes half (rebuilt: new to its host);
+    worker1 leaves and worker0 gets its partitions back: it catches its old stores up with
+    what worker1 wrote meanwhile. Same CDRs as replay."""
+    traffic = sim(6000, 43)
+    third = len(traffic.messages) // 3
+    pipeline = pipeline_for(broker, tmp_path)
+    pipeline.start()
+    try:
+        asyncio.run(produce(traffic.messages[:third], broker.bootstrap))
+        pipeline.wait_stored(timeout_s=300)
+        pipeline.start_worker(1)
+        asyncio.run(produce(traffic.messages[third : 2 * third], broker.bootstrap))
+        pipeline.wait_stored(timeout_s=300, settle_s=4)
+        mark = (tmp_path / "logs" / "worker0.log").stat().st_size
+        pipeline.stop("worker1")
+        asyncio.run(produce(traffic.messages[2 * third :], broker.bootstrap))
+        lags = pipeline.wait_stored(timeout_s=300, settle_s=4)
+    finally:
+        pipeline.stop()
+    assert all(v == 0 for v in lags.values()), lags
+    taken = recoveries((tmp_path / "logs" / "worker1.log").read_text())
+    assert taken and {how for _, how, _ in taken} == {"rebuilt from"}, taken
+    back = recoveries((tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode())
+    moved = {p for p, _, _ in taken}
+    assert {p for p, _, _ in back} == moved, back
+    assert {how for _, how, _ in back} == {"caught up with"}, back
+    assert sum(n for _, _, n in back) > 0  # what worker1 wrote meanwhile
+    replay_store, _ = run_replay(tmp_path, traffic)
+    assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
