@@ -150,11 +150,8 @@ def test_a_store_without_checkpoint_or_with_a_garbled_one_is_rebuilt(tmp_path):
 
 
 def keys(db) -> list[bytes]:
-    """Every key (the iterator is gone on return: a live one keeps a closed store locked)."""
-    out = []
-    for key in db.keys():
-        out.append(key)
-    return out
+    """Every key of a store."""
+    return list(db.keys())
 
 
 def reopen(root, partitions: int = 1) -> PartitionStore:
