@@ -1,9 +1,12 @@
 """Streaming throughput and latency on the real local broker.
 
     python bench/stream_bench.py --calls 100000 --workers 1 2 --engines batch faust
+    python bench/stream_bench.py --workers 2 --states disk memory --rounds 2
 
-For each worker engine and worker count, in one run and on one fresh broker per measurement,
-after a warm-up pass of `--warmup-calls` calls through the pipeline (see `warm_up`):
+For each worker engine, batch worker state store (`--states`: local RocksDB stores or memory;
+alternating `--rounds` times, for an A/B of one run) and worker count, in one run and on one
+fresh broker per measurement, after a warm-up pass of `--warmup-calls` calls through the
+pipeline (see `warm_up`):
 1. the raw aiokafka consume rate of the same input topics (the ceiling; read last, with the
    pipeline stopped),
 2. worker(s) + sink draining a backlog: events/s from the moment the backlog is produced
@@ -207,6 +210,7 @@ async def paced(bootstrap: str, messages, rate: float) -> dict[str, float]:
 
 def measure(
     engine: str,
+    state: str,
     workers: int,
     calls: int,
     latency_calls: int,
@@ -215,10 +219,11 @@ def measure(
     warmup_calls: int,
 ) -> dict:
     port, cport = free_port(), free_port()
-    tag = f"{engine}-{workers}"
+    tag = f"{engine}-{state}-{workers}-{time.monotonic_ns()}"
     kafka = LocalKafka(data_dir=tmp / f"kafka-{tag}", port=port, controller_port=cport)
     kafka.start()
-    result: dict = {"engine": engine, "workers": workers}
+    result: dict = {"engine": engine if engine == "faust" else f"{engine} ({state})"}
+    result["workers"] = workers
     try:
         ensure_topics(kafka.bootstrap, 8)
         start = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
@@ -228,7 +233,11 @@ def measure(
             store,
             tmp / f"logs-{tag}",
             workers,
-            {"CDRPIPE_DATA": str(tmp / f"data-{tag}"), "CDRPIPE_WORKER_ENGINE": engine},
+            {
+                "CDRPIPE_DATA": str(tmp / f"data-{tag}"),
+                "CDRPIPE_WORKER_ENGINE": engine,
+                "CDRPIPE_WORKER_STATE": state,
+            },
         )
         warm_up(kafka, pipeline, warmup_calls, start)
         try:
@@ -298,6 +307,8 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--engines", nargs="+", default=["batch"], choices=["batch", "faust"])
+    parser.add_argument("--states", nargs="+", default=["disk"], choices=["disk", "memory"])
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--latency-calls", type=int, default=3000)
     parser.add_argument(
         "--rate",
@@ -319,21 +330,34 @@ def main() -> None:
         f"| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
         f"| pipeline drain (ev/s) | ratio | {rates} |"
     )
-    for engine in args.engines:
-        for w in args.workers:
-            r = measure(
-                engine, w, args.calls, args.latency_calls, args.rate, tmp, args.warmup_calls
-            )
-            lats = " | ".join(
-                f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
-                for n, p50, p99, achieved in r["latency"].values()
-            )
-            print(
-                f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
-                f"cores | {engine} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
-                f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | {lats} |",
-                flush=True,
-            )
+    runs = [
+        (engine, state, w)
+        for _ in range(args.rounds)
+        for engine in args.engines
+        for state in (args.states if engine == "batch" else ["memory"])
+        for w in args.workers
+    ]
+    for engine, state, w in runs:
+        r = measure(
+            engine,
+            state,
+            w,
+            args.calls,
+            args.latency_calls,
+            args.rate,
+            tmp,
+            args.warmup_calls,
+        )
+        lats = " | ".join(
+            f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
+            for n, p50, p99, achieved in r["latency"].values()
+        )
+        print(
+            f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
+            f"cores | {r['engine']} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
+            f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | {lats} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

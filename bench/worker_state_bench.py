@@ -7,9 +7,9 @@ Per N, on a fresh broker (8 partitions):
 
 1. fill: N settled calls (start, connect, end; ~1 KB encoded, the raw events included) are
    written to the changelog, each on its call's partition, as workers would have;
-2. rebuild: the eight partitions' stores are built from the changelog in this process, with
-   the worker's own code (`pipeline.stream.restore.catch_up`, one partition after the other):
-   states/s, and the stores' bytes on disk;
+2. rebuild: the eight partitions' stores are built from the changelog with the worker's own
+   code, as a worker new to the host builds them (`pipeline.stream.restore.catch_up_apart`,
+   a process per core): states/s (wall clock), and the stores' bytes on disk;
 3. worker: `cdrpipe worker` starts with an empty data directory (a new host: it rebuilds the
    same way), while new calls arrive at `--rate` calls/s; once it has committed them, its RSS
    (current and peak) is read from /proc;
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import re
 import signal
@@ -33,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -48,11 +50,14 @@ from pipeline.core.events import parse_event  # noqa: E402
 from pipeline.core.model import Source  # noqa: E402
 from pipeline.kafka.broker import LocalKafka  # noqa: E402
 from pipeline.kafka.topics import TOPIC_CHANGELOG, ensure_topics  # noqa: E402
-from pipeline.state.checkpointed import DiskStates  # noqa: E402
 from pipeline.state.codec import encode_state  # noqa: E402
 from pipeline.stream.batch import OWN_TOPICS  # noqa: E402
-from pipeline.stream.progress import WORKER_GROUP, committed_offsets  # noqa: E402
-from pipeline.stream.restore import catch_up  # noqa: E402
+from pipeline.stream.progress import (  # noqa: E402
+    WORKER_GROUP,
+    committed_offsets,
+    committed_with_metadata,
+)
+from pipeline.stream.restore import catch_up_apart  # noqa: E402
 
 PARTITIONS = 8
 TEMPLATE_ID = "bench-0000000000"
@@ -108,7 +113,9 @@ async def fill(bootstrap: str, calls: int) -> float:
 async def commit_as_a_worker(bootstrap: str) -> None:
     """Commit the worker group's offsets as the workers that wrote the changelog would
     have: beside each input offset, the changelog offset their records end at."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=WORKER_GROUP)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=WORKER_GROUP, enable_auto_commit=False
+    )
     await consumer.start()
     try:
         tps = [TopicPartition(TOPIC_CHANGELOG, p) for p in range(PARTITIONS)]
@@ -129,16 +136,28 @@ def du(path: Path) -> int:
 
 
 def rebuild(bootstrap: str, root: Path) -> tuple[int, float, int]:
+    """All partitions' stores built from the changelog as a worker new to the host builds
+    them: each in a process of its own, one per core (`catch_up_apart`)."""
     from pipeline.config import deadlines
 
-    states = DiskStates(root, PARTITIONS)
-    applied, seconds = 0, 0.0
-    for p in range(PARTITIONS):
-        done = catch_up(bootstrap, states.open_store(p), deadlines(), {}, ())
-        applied += done.applied
-        seconds += done.seconds
-    states.close()
-    return applied, seconds, du(root)
+    commits = asyncio.run(committed_with_metadata(bootstrap, WORKER_GROUP))
+    started = time.monotonic()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(os.cpu_count(), mp_context=context) as pool:
+        done = list(
+            pool.map(
+                catch_up_apart,
+                *zip(
+                    *[
+                        (bootstrap, root, p, PARTITIONS, deadlines(), commits, OWN_TOPICS)
+                        for p in range(PARTITIONS)
+                    ],
+                    strict=True,
+                ),
+            )
+        )
+    seconds = time.monotonic() - started
+    return sum(d.applied for d in done), seconds, du(root)
 
 
 class Feeder(threading.Thread):

@@ -177,15 +177,21 @@ def times(data: bytes) -> tuple[int | None, int | None, int | None, int | None]:
     """From the fixed part, in µs since the epoch: `settled_since` (None: an open call), and
     the held start's, connect's and end's timestamps (None where not held). What a store
     rebuilt from encoded states needs of each: its forget deadline, and the partition's
-    event-time clock (`Correlator.set_clock`)."""
-    flags, numbers = _fixed(data)
-    held: list[int | None] = [None, None, None]
-    n = 7
-    for slot in range(3):
-        if flags >> slot & 1:
-            held[slot] = numbers[n]
-            n += 4
-    return _since_us(flags, numbers), held[0], held[1], held[2]
+    event-time clock (`Correlator.set_clock`). Read for every record of a rebuild."""
+    if data[0] != VERSION:
+        raise ValueError(f"call state encoding version {data[0]}, expected {VERSION}")
+    flags = data[1]
+    held_flags = flags & 7
+    numbers = _FIXED[_HELD_COUNT[held_flags]].unpack_from(data)
+    held = numbers[7::4]
+    if held_flags == 7:
+        start, connect, end = held
+    else:
+        it = iter(held)
+        start = next(it) if flags & _START else None
+        connect = next(it) if flags & _CONNECT else None
+        end = next(it) if flags & _END else None
+    return _since_us(flags, numbers), start, connect, end
 
 
 def _extra(kind: str, raw: bytes) -> dict[str, Any]:

@@ -34,9 +34,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import multiprocessing
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +69,13 @@ from pipeline.stream.codec import (
     state_to_changelog,
 )
 from pipeline.stream.progress import WORKER_GROUP
-from pipeline.stream.restore import catch_up
+from pipeline.stream.restore import (
+    APART_FROM,
+    Restored,
+    catch_up,
+    catch_up_apart,
+    records_behind,
+)
 from pipeline.stream.runtime import (
     REFDATA_POLL_S,
     TICK_INTERVAL_S,
@@ -98,6 +107,7 @@ FETCH_MAX_BYTES = 32 * 1024 * 1024  # one fetch response, all partitions togethe
 ASSIGNOR = RangePartitionAssignor
 OWN_TOPICS = (*INPUT_TOPICS, TOPIC_TICKS)  # what a worker consumes, partition by partition
 COMMIT_TIMEOUT_S = 10.0
+RESEND_CHUNK = 2_000  # states whose outputs are re-sent between two turns of the event loop
 RESTORE_YIELD_EVERY = 5_000  # states decoded between two turns of the event loop
 
 
@@ -390,15 +400,20 @@ class BatchWorker:
             max_request_size=8 * 1024 * 1024,
             request_timeout_ms=30_000,
         )
+        session_s = float(
+            config.env("CDRPIPE_SESSION_TIMEOUT_S", "20" if self.state_dir is None else "10")
+        )
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=WORKER_GROUP,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            # A worker that died holds its partitions until the group notices: 20 s. Shorter
-            # sessions expired during long recoveries on a busy 2-core box (the member is
-            # dropped, the group rebalances, the next recovery is as long: a storm).
-            session_timeout_ms=20_000,
+            # A worker that died holds its partitions until the group notices: a restarted
+            # one waits that long to join. With local stores a recovery reads a changelog
+            # tail, off the event loop, so the heartbeat keeps going: 10 s by default. With
+            # states in memory a recovery decodes every state, and shorter sessions than
+            # 20 s expired during long ones on a busy 2-core box (a rebalance storm).
+            session_timeout_ms=int(1000 * session_s),
             heartbeat_interval_ms=3_000,
             max_poll_records=self.max_records,
             partition_assignment_strategy=(ASSIGNOR,),
@@ -606,14 +621,20 @@ class BatchWorker:
         if isinstance(self.states, DiskStates):
             stores = self.states.stores
             clocks = {p: cp.clock_times() for p in owned if (cp := stores[p].checkpoint)}
-            outcome = runtime.reassign(owned, clocks, doubtful)
+            outcomes = [runtime.reassign(owned, clocks, doubtful[:RESEND_CHUNK])]
         else:
-            outcome = runtime.on_assigned(owned, committed, in_doubt=new)
-        if outcome.cdrs or outcome.dead:
-            outbox = Outbox(self.producer, lambda call_id: partition_for(call_id, self.partitions))
+            outcomes = [runtime.on_assigned(owned, committed, in_doubt=new)]
+        outbox = Outbox(self.producer, lambda call_id: partition_for(call_id, self.partitions))
+        for n, outcome in enumerate(outcomes, 1):
             outbox.add_outcome(outcome)
-            await outbox.send()
             metrics.RESENT.inc(len(outcome.cdrs) + len(outcome.dead))
+            rest = doubtful[n * RESEND_CHUNK : (n + 1) * RESEND_CHUNK]
+            if rest:  # in pieces: the group heartbeat runs on this loop too
+                await asyncio.sleep(0)
+                self.alive_at = time.monotonic()
+                outcomes.append(runtime.engine.resend(rest))
+        if outbox.count:
+            await outbox.send()
         self.held = self.ready = owned
         self.limit = max(1, self.max_records // RAMP_FROM)
         metrics.ASSIGNED.set(len(owned))
@@ -628,9 +649,17 @@ class BatchWorker:
         commits: Mapping[TP, tuple[int, str]],
     ) -> list[CallState]:
         """Close the stores of partitions given up; open those of the new ones and bring
-        each up to the changelog (from its checkpoint, or rebuilt). Returns the states whose
-        outputs are in doubt."""
+        each up to the changelog (from its checkpoint, or rebuilt; several far behind, each
+        in a process of its own). Returns the states whose outputs are in doubt."""
         states.detach(gone | new)
+        apart: dict[int, Restored] = {}
+        if len(new) > 1:
+            stores = [states.open_store(p) for p in sorted(new)]
+            behind = await asyncio.to_thread(records_behind, self.bootstrap, stores)
+            far = sorted(p for p, n in behind.items() if n >= APART_FROM)
+            if len(far) > 1:
+                states.detach(far)
+                apart = await self._catch_up_apart(states, far, commits)
         doubtful: list[CallState] = []
         for p in sorted(new):
             store = states.open_store(p)
@@ -640,6 +669,12 @@ class BatchWorker:
             states.attach(p)
             doubtful += done.doubtful
             self.alive_at = time.monotonic()
+            first = apart.get(p)
+            if first is not None:  # what the process apart did, and then this tail
+                done.read += first.read
+                done.applied += first.applied
+                done.seconds += first.seconds
+                done.rebuilt, done.problem = first.rebuilt, first.problem
             log.warning(
                 "partition %d: %s %d changelog records (%d applied) in %.2fs%s; %d in doubt",
                 p,
@@ -654,6 +689,31 @@ class BatchWorker:
                 done.applied
             )
         return doubtful
+
+    async def _catch_up_apart(
+        self, states: DiskStates, partitions: list[int], commits: Mapping[TP, tuple[int, str]]
+    ) -> dict[int, Restored]:
+        loop = asyncio.get_running_loop()
+        processes = min(len(partitions), os.cpu_count() or 1)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=context) as pool:
+            done = await asyncio.gather(
+                *(
+                    loop.run_in_executor(
+                        pool,
+                        catch_up_apart,
+                        self.bootstrap,
+                        states.root,
+                        p,
+                        self.partitions,
+                        self.settings,
+                        dict(commits),
+                        OWN_TOPICS,
+                    )
+                    for p in partitions
+                )
+            )
+        return dict(zip(partitions, done, strict=True))
 
     async def _restore(self, partitions: set[int]) -> int:
         """Read the changelog partitions to their current end into the states; returns how

@@ -7,6 +7,10 @@ was not usable): the same code, in bulk. The changelog is read with librdkafka
 Python-side fetch decoding alone took half of a rebuild's time, where librdkafka fetches in
 its own threads while this one writes the store.
 
+A partition whose store lacks many records (`APART_FROM`; a new host, a store rebuilt) is
+brought up in a process of its own when several are (spawned, one per core): a rebuild is
+CPU-bound Python and RocksDB calls, and the partitions' stores are independent.
+
 Which outputs a crash may have lost: each cycle commits, beside each input offset, the
 changelog offset its own records end at (commit metadata). Records from that offset on were
 written by cycles whose commit did not happen; of those, the states whose trigger lies at
@@ -19,13 +23,16 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
+from rocksdict import Cache, WriteBufferManager
 
 from pipeline.core.correlate import CallState, Settings
 from pipeline.kafka.topics import TOPIC_CHANGELOG
-from pipeline.state.checkpointed import PartitionStore, Rebuild
+from pipeline.state.checkpointed import WRITE_BUFFERS_TOTAL, PartitionStore, Rebuild
+from pipeline.state.rocks import BLOCK_CACHE
 from pipeline.stream.codec import state_from_changelog
 from pipeline.stream.watchdog import TP
 
@@ -35,6 +42,7 @@ BATCH = 20_000  # records taken from librdkafka at a time
 # Changelog tombstones are kept for a day (the broker's `delete.retention.ms` default): a
 # store whose checkpoint is older may have missed one, and is rebuilt.
 MAX_STORE_AGE_S = 20 * 3600
+APART_FROM = 200_000  # records a store lacks to be caught up in a process of its own
 
 
 @dataclass
@@ -49,6 +57,57 @@ class Restored:
     problem: str | None = None
     seconds: float = 0.0
     doubtful: list[CallState] = field(default_factory=list)
+
+
+def _consumer(bootstrap: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "cdrpipe-restore",  # required by librdkafka; nothing is committed
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": 64 << 20,
+            "max.partition.fetch.bytes": 16 << 20,
+            "queued.max.messages.kbytes": 64 << 10,  # what librdkafka fetches ahead
+        }
+    )
+
+
+def records_behind(bootstrap: str, stores: list[PartitionStore]) -> dict[int, int]:
+    """Per store's partition, the changelog records it lacks (all, without a usable
+    checkpoint)."""
+    consumer = _consumer(bootstrap)
+    try:
+        behind = {}
+        for store in stores:
+            tp = RdTopicPartition(TOPIC_CHANGELOG, store.partition)
+            begin, end = consumer.get_watermark_offsets(tp, 10)
+            cp = store.checkpoint
+            start = cp.changelog if cp is not None and begin <= cp.changelog <= end else begin
+            behind[store.partition] = end - start
+        return behind
+    finally:
+        consumer.close()
+
+
+def catch_up_apart(
+    bootstrap: str,
+    root: Path,
+    partition: int,
+    partitions: int,
+    settings: Settings,
+    commits: Mapping[TP, tuple[int, str]],
+    topics: tuple[str, ...],
+) -> Restored:
+    """`catch_up` of one partition's store in a process of its own (spawned: RocksDB does
+    not survive a fork); its states in doubt are left to the owner's own `catch_up` after."""
+    cache, manager = Cache(BLOCK_CACHE), WriteBufferManager(WRITE_BUFFERS_TOTAL, False)
+    store = PartitionStore(root, partition, partitions, cache, manager)
+    try:
+        done = catch_up(bootstrap, store, settings, commits, topics, doubt=False)
+    finally:
+        store.close()
+    return done
 
 
 def doubt_from(
@@ -75,24 +134,16 @@ def catch_up(
     settings: Settings,
     commits: Mapping[TP, tuple[int, str]],
     topics: tuple[str, ...],
+    doubt: bool = True,
 ) -> Restored:
     """Bring `store` up to the changelog's current end and write its checkpoint; blocking
     (run it in a thread). `commits`: the group's (offset, metadata) per input topic-partition;
-    `topics`: the input topics of a partition."""
+    `topics`: the input topics of a partition; without `doubt`, the states in doubt are not
+    looked for."""
     started = time.monotonic()
     p = store.partition
     result = Restored(p)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": "cdrpipe-restore",  # required by librdkafka; nothing is committed
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "fetch.max.bytes": 64 << 20,
-            "max.partition.fetch.bytes": 16 << 20,
-            "queued.max.messages.kbytes": 256 << 10,
-        }
-    )
+    consumer = _consumer(bootstrap)
     try:
         begin, end = consumer.get_watermark_offsets(RdTopicPartition(TOPIC_CHANGELOG, p), 10)
         problem = store.check(begin, end, MAX_STORE_AGE_S) or store.problem
@@ -100,15 +151,17 @@ def catch_up(
         cp = store.checkpoint
         start = cp.changelog if cp is not None else 0
         result.rebuilt = cp is None
-        doubt = doubt_from(p, commits, topics)
-        first = max(begin, min(start, doubt))
+        doubt_at = doubt_from(p, commits, topics) if doubt else end
+        first = max(begin, min(start, doubt_at))
         rebuild = Rebuild(store, settings)
         doubtful: dict[bytes, CallState | None] = {}
         if first < end:
             consumer.assign([RdTopicPartition(TOPIC_CHANGELOG, p, first)])
             position = first
             while position < end:
-                messages = consumer.consume(BATCH, 1.0)
+                # Never more than the records left: librdkafka waits for the count asked
+                # (or the timeout), and the partition's end is known.
+                messages = consumer.consume(min(BATCH, end - position), 1.0)
                 records = []
                 for message in messages:
                     error = message.error()
@@ -125,7 +178,7 @@ def catch_up(
                     key, value = message.key(), message.value()
                     if offset >= start:
                         records.append((key, value))
-                    if offset >= doubt:
+                    if offset >= doubt_at:
                         doubtful[key] = None if value is None else state_from_changelog(value)
                     result.read += 1
                 rebuild.apply(records)
