@@ -52,6 +52,7 @@ from pipeline.core.correlate import CallState, Settings, partition_for
 from pipeline.core.engine import Outcome
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
+from pipeline.kafka.membership import instance_id, leave
 from pipeline.kafka.topics import (
     INPUT_TOPICS,
     TOPIC_CDR,
@@ -403,9 +404,15 @@ class BatchWorker:
         session_s = float(
             config.env("CDRPIPE_SESSION_TIMEOUT_S", "20" if self.state_dir is None else "10")
         )
+        # With local stores, a static member: a restarted worker gets its partitions (and
+        # their stores) back at once instead of after the session timeout (`membership`).
+        self.instance = None
+        if self.state_dir is not None:
+            self.instance = instance_id(self.state_dir.name, self.slot.index)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=WORKER_GROUP,
+            group_instance_id=self.instance,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             # A worker that died holds its partitions until the group notices: a restarted
@@ -447,6 +454,8 @@ class BatchWorker:
         finally:
             for task in timers:
                 task.cancel()
+            if self.instance is not None:  # a static member leaves only when asked to
+                await leave(self.consumer, WORKER_GROUP, self.instance)
             await self.consumer.stop()  # leaves the group: the others take over at once
             await self.producer.stop()
             if isinstance(self.states, DiskStates):

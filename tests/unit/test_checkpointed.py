@@ -306,3 +306,35 @@ def test_a_killed_process_loses_no_flushed_cycle(tmp_path):
     assert store.problem is None and store.checkpoint.changelog == 11
     assert store.db.get(STATE + b"a") is not None
     store.close()
+
+
+def test_a_million_remembered_calls_expire_in_o_expired_and_leave_the_store_empty(tmp_path):
+    """A million settled calls rebuilt into a store (the bulk path) are forgotten when event
+    time passes their memory window: until then expiry reads one refill of the index, never
+    the store; forgetting them all reads each entry once and, with the checkpoint, leaves
+    nothing behind."""
+    n = 1_000_000
+    template = encode_state(
+        CallState("c-0000000", start=held("start", "c-0000000", 0), orphaned_at=T0)
+    )
+    records = []
+    for i in range(n):
+        key = f"c-{i:07d}".encode()
+        records.append((key, template.replace(b"c-0000000", key)))
+    states = DiskStates(tmp_path, 1)
+    rebuild = Rebuild(states.open_store(0), SETTINGS)
+    rebuild.apply(records)
+    rebuild.finish(n, {})
+    del records
+    states.attach(0)
+    correlator = Correlator(states, SETTINGS, deadlines=states.deadlines)
+    correlator.set_clock(0, states.stores[0].checkpoint.clock_times())
+    index = states.indexes[0]
+    forget = T0 + SETTINGS.memory  # every call was orphaned at T0: all due at once
+    correlator.advance(0, forget - timedelta(microseconds=1))
+    assert index.read <= 1024 and not states.dirty  # only the first refill was read
+    correlator.advance(0, forget)
+    assert index.read == n and len(states.dirty) == n
+    states.flush({0: Checkpoint(1, n)})
+    assert keys(states.stores[0].db) == [CHECKPOINT]
+    states.close()
