@@ -38,10 +38,10 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
@@ -93,6 +93,7 @@ from pipeline.stream.runtime import (
 from pipeline.stream.watchdog import TP, CommitWatchdog
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_RECORDS = 20_000  # messages per cycle
 # After an assignment the first cycle takes an eighth of that, and each next one twice as many:
@@ -664,7 +665,9 @@ class BatchWorker:
         apart: dict[int, Restored] = {}
         if len(new) > 1:
             stores = [states.open_store(p) for p in sorted(new)]
-            behind = await asyncio.to_thread(records_behind, self.bootstrap, stores)
+            behind = await self._alive_while(
+                asyncio.to_thread(records_behind, self.bootstrap, stores)
+            )
             far = sorted(p for p, n in behind.items() if n >= APART_FROM)
             if len(far) > 1:
                 states.detach(far)
@@ -672,8 +675,10 @@ class BatchWorker:
         doubtful: list[CallState] = []
         for p in sorted(new):
             store = states.open_store(p)
-            done = await asyncio.to_thread(
-                catch_up, self.bootstrap, store, self.settings, commits, OWN_TOPICS
+            done = await self._alive_while(
+                asyncio.to_thread(
+                    catch_up, self.bootstrap, store, self.settings, commits, OWN_TOPICS
+                )
             )
             states.attach(p)
             doubtful += done.doubtful
@@ -706,23 +711,35 @@ class BatchWorker:
         processes = min(len(partitions), os.cpu_count() or 1)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(processes, mp_context=context) as pool:
-            done = await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        pool,
-                        catch_up_apart,
-                        self.bootstrap,
-                        states.root,
-                        p,
-                        self.partitions,
-                        self.settings,
-                        dict(commits),
-                        OWN_TOPICS,
+            done = await self._alive_while(
+                asyncio.gather(
+                    *(
+                        loop.run_in_executor(
+                            pool,
+                            catch_up_apart,
+                            self.bootstrap,
+                            states.root,
+                            p,
+                            self.partitions,
+                            self.settings,
+                            dict(commits),
+                            OWN_TOPICS,
+                        )
+                        for p in partitions
                     )
-                    for p in partitions
                 )
             )
         return dict(zip(partitions, done, strict=True))
+
+    async def _alive_while(self, work: Awaitable[T]) -> T:
+        """Await a recovery step, telling the loop watchdog (`alive_at`) that the worker is
+        not stuck meanwhile: a rebuild of millions of states takes minutes."""
+        task = asyncio.ensure_future(work)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=5.0)
+            self.alive_at = time.monotonic()
+            if done:
+                return task.result()
 
     async def _restore(self, partitions: set[int]) -> int:
         """Read the changelog partitions to their current end into the states; returns how
@@ -809,7 +826,7 @@ class BatchWorker:
         if stuck > self.watchdog.stall_s:
             log.error("processing loop stuck for %.0fs: restarting this worker", stuck)
             restart_in_place()
-        if not self.runtime.assigned:
+        if not self.runtime.assigned or not self.ready:  # none, or a recovery under way
             self.watchdog.reset(time.monotonic())
             return
         ends: dict[TP, int] = {}
