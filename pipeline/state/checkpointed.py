@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,7 +49,14 @@ from rocksdict import (
 from pipeline.core.correlate import CallState, Settings
 from pipeline.state import codec
 from pipeline.state.codec import decode_state, encode_state
-from pipeline.state.rocks import BLOCK_CACHE, NO_WAL, RocksDeadlines, bounded, open_db
+from pipeline.state.rocks import (
+    BLOCK_CACHE,
+    NO_WAL,
+    ReadByGet,
+    RocksDeadlines,
+    bounded,
+    open_db,
+)
 from pipeline.stream.codec import state_from_bytes
 
 log = logging.getLogger(__name__)
@@ -290,7 +297,7 @@ def _from_json(value: bytes) -> bytes:
     return encode_state(state_from_bytes(value))
 
 
-class DiskStates(MutableMapping[str, CallState]):
+class DiskStates(ReadByGet):
     """Call id -> CallState over the partition stores a worker owns (`attach`): open calls
     in memory too, settled ones decoded from disk when read. Reads and writes go to the store
     of `current`, the partition whose messages are being processed (a call's events, state
@@ -363,12 +370,10 @@ class DiskStates(MutableMapping[str, CallState]):
     # -- the mapping -------------------------------------------------------------------------
 
     def _read(self, call_id: str) -> bytes | None:
+        store = self.stores[self.current]
         try:
-            return self.stores[self.current].db.get(STATE + call_id.encode())
-        except KeyError:
-            raise
-        except Exception as exc:
-            store = self.stores[self.current]
+            return store.db.get(STATE + call_id.encode())
+        except Exception as exc:  # a block that fails its checksum, an I/O error
             store.condemn(f"read of {call_id!r} failed: {exc}")
             raise StoreCorrupt(f"partition {self.current}: {exc}") from exc
 
@@ -392,12 +397,6 @@ class DiskStates(MutableMapping[str, CallState]):
 
     def open_count(self) -> int:
         return len(self._open)
-
-    def __getitem__(self, call_id: str) -> CallState:
-        state = self.get(call_id)
-        if state is None:
-            raise KeyError(call_id)
-        return state
 
     def __setitem__(self, call_id: str, state: CallState) -> None:
         p = self.current

@@ -144,7 +144,17 @@ def bounded(lower: bytes, upper: bytes) -> ReadOptions:
     return opts
 
 
-class RocksStates(MutableMapping[str, CallState]):
+class ReadByGet(MutableMapping[str, CallState]):
+    """A store of call states whose `get` is the read (a decode); `[]` goes through it."""
+
+    def __getitem__(self, call_id: str) -> CallState:
+        state = self.get(call_id)
+        if state is None:
+            raise KeyError(call_id)
+        return state
+
+
+class RocksStates(ReadByGet):
     """Call id -> `CallState`: open calls in a dict, settled ones (`CallState.settled`: a CDR
     exists, or the call was dead-lettered as an orphan) encoded in `db`.
 
@@ -196,12 +206,6 @@ class RocksStates(MutableMapping[str, CallState]):
             return None
         self._present = call_id
         return codec.settled_since(data)
-
-    def __getitem__(self, call_id: str) -> CallState:
-        state = self.get(call_id)
-        if state is None:
-            raise KeyError(call_id)
-        return state
 
     def __setitem__(self, call_id: str, state: CallState) -> None:
         # state.settled, without its two property calls (once per event)

@@ -129,10 +129,7 @@ class WorkerRuntime:
                     doubtful.append(state)
         for p, ids in by_partition.items():
             correlator.rebuild(p, ids)
-        self.engine.correlator = correlator
-        self.assigned = partitions
-        now = time.monotonic()
-        self.last_event_wall = {p: now for p in partitions}
+        self._install(correlator, partitions)
         log.info(
             "assigned partitions %s with %d open or remembered calls; resending the output of %d",
             sorted(partitions),
@@ -140,6 +137,13 @@ class WorkerRuntime:
             len(doubtful),
         )
         return self.engine.resend(doubtful)
+
+    def _install(self, correlator: Correlator, partitions: set[int]) -> None:
+        """The correlator of a new assignment, every partition's idle clock started now."""
+        self.engine.correlator = correlator
+        self.assigned = partitions
+        now = time.monotonic()
+        self.last_event_wall = {p: now for p in partitions}
 
     def reassign(
         self,
@@ -155,10 +159,7 @@ class WorkerRuntime:
         correlator = Correlator(self.states, self.settings, deadlines=deadlines)
         for p in sorted(partitions):
             correlator.set_clock(p, clocks.get(p, {}))
-        self.engine.correlator = correlator
-        self.assigned = partitions
-        now = time.monotonic()
-        self.last_event_wall = {p: now for p in partitions}
+        self._install(correlator, partitions)
         log.info(
             "assigned partitions %s from their local stores; resending the output of %d",
             sorted(partitions),

@@ -108,11 +108,11 @@ def recent_start() -> datetime:
     return datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=3)
 
 
-@pytest.fixture(scope="module")
-def reordered_sim():
+def reordered(calls: int, seed: int):
+    """The simulator's calls of the last hours, some events reordered, duplicated or late."""
     cfg = SimConfig(
-        calls=20_000,
-        seed=31,
+        calls=calls,
+        seed=seed,
         config_dir=str(CONFIG),
         start=recent_start(),
         reorder=0.05,
@@ -120,6 +120,11 @@ def reordered_sim():
         late=0.02,
     )
     return generate(cfg)
+
+
+@pytest.fixture(scope="module")
+def reordered_sim():
+    return reordered(20_000, 31)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -256,16 +261,7 @@ def test_idle_partitions_follow_the_wall_clock(broker, tmp_path):
 
 def test_a_restarted_worker_recovers_its_table_from_the_changelog(broker, tmp_path, engine):
     """Half the traffic, stop the worker, the rest to a new worker: same CDRs as replay."""
-    cfg = SimConfig(
-        calls=6000,
-        seed=34,
-        config_dir=str(CONFIG),
-        start=recent_start(),
-        reorder=0.05,
-        duplicate=0.05,
-        late=0.02,
-    )
-    sim = generate(cfg)
+    sim = reordered(6000, 34)
     half = len(sim.messages) // 2
     store = f"chdb://{tmp_path / 'stream-store'}"
     env = {

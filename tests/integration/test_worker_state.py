@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from pipeline.demo import Pipeline
-from pipeline.simulate import SimConfig, generate, produce
+from pipeline.simulate import produce
 
 from .conftest import dump_store
-from .test_stream import CONFIG, assert_same_cdrs, recent_start, run_replay
+from .test_stream import CONFIG, assert_same_cdrs, reordered, run_replay
 
 RECOVERED = re.compile(r"partition (\d+): (rebuilt from|caught up with) (\d+) changelog records")
 
@@ -51,19 +51,6 @@ def batch_engine(monkeypatch):
     monkeypatch.setenv("CDRPIPE_WORKER_STATE", "disk")
 
 
-def sim(calls: int, seed: int):
-    cfg = SimConfig(
-        calls=calls,
-        seed=seed,
-        config_dir=str(CONFIG),
-        start=recent_start(),
-        reorder=0.05,
-        duplicate=0.05,
-        late=0.02,
-    )
-    return generate(cfg)
-
-
 def recoveries(log: str) -> list[tuple[int, str, int]]:
     return [(int(p), how, int(n)) for p, how, n in RECOVERED.findall(log)]
 
@@ -86,7 +73,7 @@ def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
     restarted worker (same host, same data directory) opens its stores, reads only the
     changelog records its checkpoints do not cover, rebuilds nothing, re-sends the outputs in
     doubt, and the store ends with replay's CDRs."""
-    traffic = sim(4000, 41)
+    traffic = reordered(4000, 41)
     half = len(traffic.messages) // 2
     env = {}
     if point != "between-cycles":
@@ -136,7 +123,7 @@ def test_a_partition_moved_away_and_back_is_caught_up_not_rebuilt(broker, tmp_pa
     """worker0 owns everything; worker1 joins and takes half (rebuilt: new to its host);
     worker1 stops and worker0 gets its partitions back at once: it catches its old stores up
     with what worker1 wrote meanwhile. Same CDRs as replay."""
-    traffic = sim(6000, 43)
+    traffic = reordered(6000, 43)
     third = len(traffic.messages) // 3
     pipeline = pipeline_for(broker, tmp_path)
     pipeline.start()
