@@ -31,7 +31,7 @@ import dataclasses
 import logging
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -440,9 +440,13 @@ class DiskStates(ReadByGet):
         """(call id, partition, new state or None when forgotten) of this cycle."""
         return [(key, p, state) for key, (p, state) in self.dirty.items()]
 
-    def flush(self, checkpoints: dict[int, Checkpoint]) -> None:
-        """Write the cycle's changes, popped deadline entries and `checkpoints` (per
-        partition), one atomic batch per store."""
+    def flush(
+        self, checkpoints: dict[int, Checkpoint], encoded: Mapping[str, bytes] | None = None
+    ) -> None:
+        """Write the cycle's changes, deadline index changes and `checkpoints` (per
+        partition), one atomic batch per store; `encoded`: states already encoded (for the
+        changelog), by call id."""
+        encoded = encoded or {}
         batches: dict[int, WriteBatch] = {}
 
         def batch(p: int) -> WriteBatch:
@@ -458,7 +462,8 @@ class DiskStates(ReadByGet):
             if state is None:
                 b.delete(STATE + key)
             else:
-                b.put(STATE + key, encode_state(state))
+                value = encoded.get(call_id)
+                b.put(STATE + key, encode_state(state) if value is None else value)
                 if not state.settled:
                     if call_id not in marked:
                         b.put(OPEN + key, b"")
@@ -468,11 +473,12 @@ class DiskStates(ReadByGet):
                 b.delete(OPEN + key)
                 marked.discard(call_id)
         for p, index in self.indexes.items():
-            if index.popped:
+            if index.pushed or index.popped:
                 b = batch(p)
-                for key in index.popped:
+                for key in index.pushed:
+                    b.put(key, b"")
+                for key in index.popped:  # after: an entry pushed and popped is gone
                     b.delete(key)
-                index.popped.clear()
         now = time.time()
         for p, cp in checkpoints.items():
             cp.written = now
@@ -482,4 +488,6 @@ class DiskStates(ReadByGet):
             store.db.write(b)
             if p in checkpoints:
                 store.checkpoint = checkpoints[p]
+        for index in self.indexes.values():
+            index.written()
         self.dirty = {}

@@ -267,17 +267,20 @@ class RocksDeadlines:
     An entry pushed twice may be kept once (on disk): the correlator checks every entry
     against the state, so that changes nothing.
 
-    With `keep` (a store that outlives the process, `pipeline.state.checkpointed`), every
-    entry stays on disk until it is popped, and a popped entry's key is only collected in
-    `popped`: the owner deletes them in the write that records the states the pops led to,
-    so that a crash never leaves a state without the entry that would expire it. Pushes are
-    written at once: an entry the crash makes stale is checked against the state as any.
+    With `keep` (a store that outlives the process, `pipeline.state.checkpointed`), the
+    index changes with the states it indexes, in the owner's atomic write: pushes wait in
+    `pushed` (keys to write) and pops in `popped` (keys to delete) until then, so that a crash
+    never leaves a state without the entry that would expire it. Every entry stays on disk
+    until its pop is written; entries pushed beyond the heap's bound wait in `_ahead` until
+    written, and a move takes those within its reach along, so none is skipped.
     """
 
     __slots__ = (
         "due",
         "read",
         "popped",
+        "pushed",
+        "_ahead",
         "_db",
         "_prefix",
         "_heap",
@@ -291,6 +294,8 @@ class RocksDeadlines:
         self.due: datetime | None = None  # the earliest entry's, None when empty
         self.read = 0  # entries read from disk so far
         self.popped: list[bytes] = []  # keys of popped entries still on disk (`keep`)
+        self.pushed: list[bytes] = []  # keys of pushed entries not on disk yet (`keep`)
+        self._ahead: list[tuple[int, str]] = []  # of those, the ones beyond `_bound`
         self._db = db
         self._prefix = _DEADLINE + _PARTITION.pack(partition)
         self._heap: list[tuple[int, str]] = []  # (due µs, call id), every entry <= _bound
@@ -321,10 +326,14 @@ class RocksDeadlines:
     def push(self, due: datetime, call_id: str) -> None:
         micros = (due - _EPOCH) // _US
         bound = self._bound
-        if bound is not None and (micros, call_id) <= bound:
+        if self._keep:
+            self.pushed.append(self._key(micros, call_id))
+            if bound is not None and (micros, call_id) <= bound:
+                heapq.heappush(self._heap, (micros, call_id))
+            else:
+                self._ahead.append((micros, call_id))
+        elif bound is not None and (micros, call_id) <= bound:
             heapq.heappush(self._heap, (micros, call_id))
-            if self._keep:
-                self._db.put(self._key(micros, call_id), b"")
         else:
             self._db.put(self._key(micros, call_id), b"")
         first = self.due
@@ -371,6 +380,24 @@ class RocksDeadlines:
                 self._db.write(moved)
             self._bound = heap[-1]
             self.read += len(heap)
+        ahead = self._ahead
+        if ahead:  # pushed, not written yet: those the move reached go along
+            if len(heap) < self._refill:  # the disk is exhausted: all of them
+                self._bound = max(heap[-1] if heap else ahead[0], *ahead)
+            bound = self._bound
+            assert bound is not None
+            reached = [entry for entry in ahead if entry <= bound]
+            if reached:
+                self._ahead = [entry for entry in ahead if entry > bound]
+                for entry in reached:
+                    heapq.heappush(heap, entry)
+
+    def written(self) -> None:
+        """The owner wrote `pushed` and deleted `popped` (`keep`): entries beyond the bound
+        are read from disk from now on."""
+        self.pushed.clear()
+        self.popped.clear()
+        self._ahead.clear()
 
 
 _FLAGS = [(bool(f & 1), bool(f & 2), bool(f & 4)) for f in range(8)]

@@ -539,13 +539,12 @@ class BatchWorker:
                 runtime.last_event_wall[partition] = time.monotonic()
                 metrics.EVENTS.labels(topic).inc(len(records))
             offsets[tp] = self.position[(topic, partition)] = records[-1].offset + 1
+        encoded: dict[str, bytes] = {}  # the changelog's bytes are the stores' too
         for key, partition, state in states.changes():
-            outbox.add(
-                TOPIC_CHANGELOG,
-                partition,
-                key.encode(),
-                None if state is None else state_to_changelog(state),
-            )
+            value = None
+            if state is not None:
+                value = encoded[key] = state_to_changelog(state)
+            outbox.add(TOPIC_CHANGELOG, partition, key.encode(), value)
         try:
             ends = await outbox.send()
         except Exception:
@@ -557,7 +556,7 @@ class BatchWorker:
         if isinstance(states, DiskStates):
             # Each commit carries the changelog offset this cycle's records end at: where
             # the records of cycles not (yet) committed begin (`pipeline.stream.restore`).
-            marks = self._checkpoint(states, offsets, ends)
+            marks = self._checkpoint(states, offsets, ends, encoded)
             commit = {tp: (o, str(marks[tp.partition])) for tp, o in offsets.items()}
         if commit:
             # Bounded: a commit waits for the group coordinator, and after a broker restart the
@@ -580,6 +579,7 @@ class BatchWorker:
         states: DiskStates,
         offsets: Mapping[TopicPartition, int],
         ends: Mapping[tuple[str, int], int],
+        encoded: Mapping[str, bytes],
     ) -> dict[int, int]:
         """Write the cycle's states to the local stores with a checkpoint per partition
         processed; returns each one's changelog offset."""
@@ -591,7 +591,7 @@ class BatchWorker:
             inputs = {t: self.position[(t, p)] for t in OWN_TOPICS if (t, p) in self.position}
             checkpoints[p] = Checkpoint(self.partitions, changelog, inputs, clock_us(clock(p)))
         try:
-            states.flush(checkpoints)
+            states.flush(checkpoints, encoded)
         except Exception:
             log.exception("writing the local state stores failed: restarting this worker")
             restart_in_place()

@@ -338,3 +338,40 @@ def test_a_million_remembered_calls_expire_in_o_expired_and_leave_the_store_empt
     states.flush({0: Checkpoint(1, n)})
     assert keys(states.stores[0].db) == [CHECKPOINT]
     states.close()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_kept_index_leaves_in_heap_order_whenever_its_writes_land(tmp_path, seed):
+    """Pushes and pops of an index that writes with its owner's checkpoints (`keep`) give
+    the order of an in-memory heap, however pushes, pops, refills and writes interleave."""
+    import heapq
+    import random
+
+    from rocksdict import WriteBatch
+
+    draw = random.Random(seed)
+    store = reopen(tmp_path)
+    index = RocksDeadlines(store.db, 0, refill=draw.choice([3, 7, 50]), keep=True)
+    heap: list[tuple[datetime, str]] = []
+    got, want = [], []
+    for step in range(3000):
+        action = draw.random()
+        if action < 0.5:
+            entry = (T0 + timedelta(seconds=draw.randrange(5000)), f"c{draw.randrange(400)}")
+            if entry not in heap:
+                heapq.heappush(heap, entry)
+                index.push(*entry)
+        elif action < 0.9 and heap:
+            want.append(heapq.heappop(heap)[1])
+            got.append(index.pop())
+            assert index.due == (heap[0][0] if heap else None), step
+        else:  # the owner's write
+            batch = WriteBatch(raw_mode=True)
+            for key in index.pushed:
+                batch.put(key, b"")
+            for key in index.popped:
+                batch.delete(key)
+            store.db.write(batch)
+            index.written()
+    assert got == want
+    store.close()
