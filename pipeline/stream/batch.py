@@ -110,6 +110,7 @@ ASSIGNOR = RangePartitionAssignor
 OWN_TOPICS = (*INPUT_TOPICS, TOPIC_TICKS)  # what a worker consumes, partition by partition
 COMMIT_TIMEOUT_S = 10.0
 RESEND_CHUNK = 2_000  # states whose outputs are re-sent between two turns of the event loop
+ALIVE_EVERY_S = 5.0  # a long recovery step tells the loop watchdog it is alive this often
 RESTORE_YIELD_EVERY = 5_000  # states decoded between two turns of the event loop
 
 
@@ -736,7 +737,7 @@ class BatchWorker:
         not stuck meanwhile: a rebuild of millions of states takes minutes."""
         task = asyncio.ensure_future(work)
         while True:
-            done, _ = await asyncio.wait({task}, timeout=5.0)
+            done, _ = await asyncio.wait({task}, timeout=ALIVE_EVERY_S)
             self.alive_at = time.monotonic()
             if done:
                 return task.result()

@@ -91,3 +91,26 @@ def test_a_kept_partition_someone_else_committed_beyond_is_stale():
     }
     assert stale_partitions({1, 2, 3}, committed, position) == {2, 3}
     assert stale_partitions({1}, committed, position) == set()
+
+
+def test_a_long_recovery_step_keeps_the_loop_watchdog_quiet(monkeypatch):
+    """A rebuild of millions of states takes minutes inside the rebalance listener: the worker
+    must not take it for a stuck processing loop (and restart itself, to rebuild again)."""
+    import asyncio
+    import time
+
+    from pipeline.stream import batch
+
+    monkeypatch.setattr(batch, "ALIVE_EVERY_S", 0.05)
+    worker = batch.BatchWorker(bootstrap="127.0.0.1:1", partitions=1)
+    worker.alive_at = 0.0
+    seen: list[float] = []
+
+    async def slow_step() -> str:
+        for _ in range(6):
+            await asyncio.sleep(0.05)
+            seen.append(time.monotonic() - worker.alive_at)
+        return "done"
+
+    assert asyncio.run(worker._alive_while(slow_step())) == "done"  # noqa: SLF001
+    assert max(seen[1:]) < 0.5  # refreshed while the step ran, not only at its end
