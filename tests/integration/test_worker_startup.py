@@ -100,7 +100,8 @@ def test_the_first_cycle_on_a_backlog_holds_every_topic_and_emits_cdrs(broker, m
     produce_backlog(broker.bootstrap, 40_000)
     seen = first_cycle(BatchWorker(bootstrap=broker.bootstrap, partitions=PARTITIONS))
     assert set(seen["topics"]) == set(INPUT_TOPICS), seen["topics"]
-    assert sum(seen["topics"].values()) == batch.MAX_RECORDS // batch.RAMP_FROM
+    # the ramp's first cycle: its size at most (less when the fetches had buffered less)
+    assert 0 < sum(seen["topics"].values()) <= batch.MAX_RECORDS // batch.RAMP_FROM
     cdrs = asyncio.run(cdrs_written(broker.bootstrap))
     assert len(cdrs) > 100
     assert sum(c.rated for c in cdrs) > len(cdrs) / 2  # rated with the sample decks
