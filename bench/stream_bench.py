@@ -35,10 +35,10 @@ from aiokafka.errors import KafkaError
 
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
-from pipeline.kafka.topics import INPUT_TOPICS, ensure_topics
+from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_REPARTITION, ensure_topics
 from pipeline.simulate import SimConfig, generate, produce
 from pipeline.store.client import connect
-from pipeline.stream.progress import WORKER_GROUP, end_offsets
+from pipeline.stream.progress import WORKER_GROUP, end_offsets, group_lag
 
 CONFIG = Path(__file__).resolve().parents[1] / "deploy" / "config"
 
@@ -134,8 +134,14 @@ async def timed_drain(
                 start = (done, now)
                 if on_start is not None:
                     on_start()
-            if start is not None and done == total:
-                return total - start[0], now - start[1]
+            # Messages forwarded to their call's partition are processed from the repartition
+            # topic: the drain ends when that is consumed too.
+            if (
+                start is not None
+                and done == total
+                and await group_lag(bootstrap, WORKER_GROUP, (TOPIC_REPARTITION,)) == 0
+            ):
+                return total - start[0], time.perf_counter() - start[1]
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
@@ -166,7 +172,11 @@ def warm_up(kafka: LocalKafka, pipeline: Pipeline, calls: int, start: datetime) 
 
 
 def backlog_into_running_pipeline(
-    kafka: LocalKafka, pipeline: Pipeline, workers: int, sim_config: SimConfig
+    kafka: LocalKafka,
+    pipeline: Pipeline,
+    workers: int,
+    sim_config: SimConfig,
+    partitioner: str = "murmur2",
 ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
     """Start the pipeline, wait until every worker has its partitions, then produce the
     backlog as fast as possible; returns the input end offsets before and after it.
@@ -177,7 +187,8 @@ def backlog_into_running_pipeline(
     pipeline.start()
     asyncio.run(group_ready(kafka.bootstrap, workers))
     base = asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
-    asyncio.run(produce(generate(sim_config).messages, kafka.bootstrap))
+    messages = generate(sim_config).messages
+    asyncio.run(produce(messages, kafka.bootstrap, partitioner=partitioner))
     return base, asyncio.run(end_offsets(kafka.bootstrap, INPUT_TOPICS))
 
 
@@ -217,12 +228,18 @@ def measure(
     rates: list[float],
     tmp: Path,
     warmup_calls: int,
+    partitioner: str = "murmur2",
+    aligned: bool = True,
 ) -> dict:
     port, cport = free_port(), free_port()
     tag = f"{engine}-{state}-{workers}-{time.monotonic_ns()}"
     kafka = LocalKafka(data_dir=tmp / f"kafka-{tag}", port=port, controller_port=cport)
     kafka.start()
     result: dict = {"engine": engine if engine == "faust" else f"{engine} ({state})"}
+    if partitioner != "murmur2":
+        result["engine"] += f", {partitioner} producers"
+    if not aligned:
+        result["engine"] += ", inputs not time-aligned"
     result["workers"] = workers
     try:
         ensure_topics(kafka.bootstrap, 8)
@@ -237,9 +254,11 @@ def measure(
                 "CDRPIPE_DATA": str(tmp / f"data-{tag}"),
                 "CDRPIPE_WORKER_ENGINE": engine,
                 "CDRPIPE_WORKER_STATE": state,
+                "CDRPIPE_TIME_ALIGNED": "1" if aligned else "0",
             },
         )
         warm_up(kafka, pipeline, warmup_calls, start)
+        warmup_records = sum(asyncio.run(end_offsets(kafka.bootstrap, (TOPIC_CDR,))).values())
         try:
             base, ends = backlog_into_running_pipeline(
                 kafka,
@@ -253,11 +272,16 @@ def measure(
                     reorder=0.02,
                     duplicate=0.02,
                 ),
+                partitioner,
             )
             result["events"] = sum(ends.values()) - sum(base.values())
             events, seconds = asyncio.run(timed_drain(kafka.bootstrap, base, ends, pipeline))
             result["drain"] = events / seconds
             pipeline.wait_stored(timeout_s=600)
+            # CDR records the drain emitted per call: above 1, versions revised because
+            # an end was processed before its connect (the consumer's order, not the calls')
+            records = asyncio.run(end_offsets(kafka.bootstrap, (TOPIC_CDR,)))
+            result["records_per_call"] = (sum(records.values()) - warmup_records) / calls
             paced_ends = {}
             for i, rate in enumerate(rates):
                 lat = generate(
@@ -309,6 +333,20 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["batch"], choices=["batch", "faust"])
     parser.add_argument("--states", nargs="+", default=["disk"], choices=["disk", "memory"])
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--partitioners",
+        nargs="+",
+        default=["murmur2"],
+        choices=["murmur2", "crc32", "fnv1a", "random"],
+        help="the backlog producer's partitioner (not murmur2: most messages are forwarded)",
+    )
+    parser.add_argument(
+        "--alignment",
+        nargs="+",
+        default=["on"],
+        choices=["on", "off"],
+        help="batch workers process a partition's inputs in time order (off: as fetched)",
+    )
     parser.add_argument("--latency-calls", type=int, default=3000)
     parser.add_argument(
         "--rate",
@@ -328,16 +366,18 @@ def main() -> None:
     rates = " | ".join(f"p50 / p99 (s) at {r:,.0f} ev/s" for r in args.rate)
     print(
         f"| date | machine | engine | workers | events | raw aiokafka consume (ev/s) "
-        f"| pipeline drain (ev/s) | ratio | {rates} |"
+        f"| pipeline drain (ev/s) | ratio | CDR records per call | {rates} |"
     )
     runs = [
-        (engine, state, w)
+        (engine, state, w, partitioner, alignment == "on")
         for _ in range(args.rounds)
         for engine in args.engines
         for state in (args.states if engine == "batch" else ["memory"])
         for w in args.workers
+        for partitioner in args.partitioners
+        for alignment in (args.alignment if engine == "batch" else ["on"])
     ]
-    for engine, state, w in runs:
+    for engine, state, w, partitioner, aligned in runs:
         r = measure(
             engine,
             state,
@@ -347,6 +387,8 @@ def main() -> None:
             args.rate,
             tmp,
             args.warmup_calls,
+            partitioner,
+            aligned,
         )
         lats = " | ".join(
             f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
@@ -355,7 +397,8 @@ def main() -> None:
         print(
             f"| {datetime.now(UTC):%Y-%m-%d} | {platform.machine()}, {os.cpu_count()} "
             f"cores | {r['engine']} | {w} | {r['events']:,} | {r['raw_consume']:,.0f} | "
-            f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | {lats} |",
+            f"{r['drain']:,.0f} | {r['drain'] / r['raw_consume']:.2f} | "
+            f"{r['records_per_call']:.4f} | {lats} |",
             flush=True,
         )
 

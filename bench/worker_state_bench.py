@@ -1,7 +1,8 @@
-"""A batch worker holding millions of remembered calls in its local stores, on the real local
+"""A worker holding millions of remembered calls in its local stores, on the real local
 broker: memory, disk, new-host rebuild rate and restart after SIGKILL.
 
     python bench/worker_state_bench.py --calls 1000000 10000000
+    python bench/worker_state_bench.py --engine faust --calls 1000000 3000000
 
 Per N, on a fresh broker (8 partitions):
 
@@ -16,6 +17,9 @@ Per N, on a fresh broker (8 partitions):
 4. restart: the worker is killed with SIGKILL and started again on the same data directory
    while the calls keep coming: seconds from the relaunch to its first commit (the group's
    committed offsets move), and what its log says it read of the changelog.
+
+With `--engine faust` step 2 is skipped: the Faust worker's own recovery rebuilds its table
+stores in step 3 (its log says how many records it applied).
 
 Then the RSS each remembered call adds: the difference of the worker's RSS between the two
 sizes, over the difference in calls.
@@ -84,7 +88,7 @@ def template_state(at: datetime) -> bytes:
     return encode_state(correlator.states[TEMPLATE_ID])
 
 
-async def fill(bootstrap: str, calls: int) -> float:
+async def fill(bootstrap: str, calls: int, input_offset: int = 0) -> float:
     started = time.monotonic()
     template = template_state(datetime.now(UTC) - timedelta(hours=2))
     old = TEMPLATE_ID.encode()
@@ -106,13 +110,16 @@ async def fill(bootstrap: str, calls: int) -> float:
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
-    await commit_as_a_worker(bootstrap)
+    await commit_as_a_worker(bootstrap, input_offset)
     return time.monotonic() - started
 
 
-async def commit_as_a_worker(bootstrap: str) -> None:
+async def commit_as_a_worker(bootstrap: str, input_offset: int) -> None:
     """Commit the worker group's offsets as the workers that wrote the changelog would
-    have: beside each input offset, the changelog offset their records end at."""
+    have: beside each input offset, the changelog offset their records end at. The Faust
+    worker has no such mark: its input offsets must lie beyond the messages the states
+    name as their outputs' triggers (the template's: offsets 0-2), or every state's output
+    would be in doubt and sent again."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=WORKER_GROUP, enable_auto_commit=False
     )
@@ -121,7 +128,7 @@ async def commit_as_a_worker(bootstrap: str) -> None:
         tps = [TopicPartition(TOPIC_CHANGELOG, p) for p in range(PARTITIONS)]
         ends = await consumer.end_offsets(tps)
         commits = {
-            TopicPartition(topic, tp.partition): (0, str(end))
+            TopicPartition(topic, tp.partition): (input_offset, str(end))
             for tp, end in ends.items()
             for topic in OWN_TOPICS
         }
@@ -204,6 +211,7 @@ def committed_total(bootstrap: str) -> int:
 
 
 def launch(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`cdrpipe worker` of the engine `env` names (`CDRPIPE_WORKER_ENGINE`)."""
     return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "worker", "--name", "bench-worker"],
         env=env,
@@ -226,12 +234,20 @@ def wait_commit_beyond(bootstrap: str, before: int, timeout: float) -> float:
 
 
 RECOVERED = re.compile(r"partition (\d+): (rebuilt from|caught up with) (\d+) changelog records")
+TABLE_RECOVERED = re.compile(
+    r"table stores: (\d+) changelog records recovered, unusable stores wiped: (.*)"
+)
 
 
 def recovered(log: Path, since: int) -> tuple[int, int]:
     """(rebuilt records, caught-up records) the worker logged after byte `since`."""
     text = log.read_bytes()[since:].decode(errors="replace")
     rebuilt = caught = 0
+    for m in TABLE_RECOVERED.finditer(text):  # the Faust worker: one line per assignment
+        if m.group(2).strip() == "none" and since > 0:
+            caught = max(caught, int(m.group(1)))
+        else:
+            rebuilt = max(rebuilt, int(m.group(1)))
     for m in RECOVERED.finditer(text):
         if m.group(2) == "rebuilt from":
             rebuilt += int(m.group(3))
@@ -240,7 +256,7 @@ def recovered(log: Path, since: int) -> tuple[int, int]:
     return rebuilt, caught
 
 
-def measure(calls: int, rate: float, tmp: Path) -> dict[str, float]:
+def measure(calls: int, rate: float, tmp: Path, engine: str) -> dict[str, float]:
     port, controller = free_ports(2)
     kafka = LocalKafka(data_dir=tmp / "kafka", port=port, controller_port=controller)
     kafka.start()
@@ -249,26 +265,32 @@ def measure(calls: int, rate: float, tmp: Path) -> dict[str, float]:
     worker = None
     try:
         ensure_topics(kafka.bootstrap, PARTITIONS)
-        out["fill_s"] = asyncio.run(fill(kafka.bootstrap, calls))
-        applied, seconds, disk = rebuild(kafka.bootstrap, tmp / "new-host")
-        out["rebuild_states_per_s"] = applied / seconds
-        out["store_bytes_per_call"] = disk / calls
+        out["fill_s"] = asyncio.run(fill(kafka.bootstrap, calls, 0 if engine == "batch" else 3))
+        if engine == "batch":
+            applied, seconds, disk = rebuild(kafka.bootstrap, tmp / "new-host")
+            out["rebuild_states_per_s"] = applied / seconds
+            out["store_bytes_per_call"] = disk / calls
         env = dict(os.environ)
         env |= {
             "CDRPIPE_KAFKA": kafka.bootstrap,
             "CDRPIPE_PARTITIONS": str(PARTITIONS),
             "CDRPIPE_DATA": str(tmp / "data"),
-            "CDRPIPE_LOGLEVEL": "warning",
+            "CDRPIPE_LOGLEVEL": "warning" if engine == "batch" else "info",
+            "CDRPIPE_WORKER_ENGINE": engine,
             "PYTHONPATH": str(ROOT),
         }
         log = tmp / "worker.log"
         feeder = Feeder(kafka.bootstrap, rate)
         feeder.start()
+        filled = committed_total(kafka.bootstrap)  # what `fill` committed for the writers
         launched = time.monotonic()
         worker = launch(env, log)
-        first = wait_commit_beyond(kafka.bootstrap, 0, 1800)
+        first = wait_commit_beyond(kafka.bootstrap, filled, 1800)
         out["new_host_first_commit_s"] = first
         out["new_host_rebuilt_records"] = recovered(log, 0)[0]
+        if engine == "faust":
+            out["rebuild_states_per_s"] = calls / first  # launch to first commit, all included
+            out["store_bytes_per_call"] = du(tmp / "data") / calls
         time.sleep(20)  # steady state with the calls coming in
         out["worker_rss"], out["worker_peak_rss"] = rss(worker.pid)
         out["worker_up_s"] = time.monotonic() - launched
@@ -301,11 +323,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--rate", type=float, default=100.0, help="new calls a second")
+    parser.add_argument("--engine", choices=["batch", "faust"], default="batch")
     args = parser.parse_args()
     results = []
     for calls in args.calls:
         with tempfile.TemporaryDirectory(prefix="cdrpipe-wsb-") as tmp:
-            result = measure(calls, args.rate, Path(tmp))
+            result = measure(calls, args.rate, Path(tmp), args.engine)
         print(orjson.dumps(result).decode(), flush=True)
         results.append(result)
     for a, b in zip(results, results[1:], strict=False):

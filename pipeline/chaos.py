@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 import urllib.request
@@ -43,10 +44,18 @@ from aiokafka import AIOKafkaConsumer
 from pipeline import config
 from pipeline.core.correlate import Settings
 from pipeline.core.model import CDR
+from pipeline.core.partitioning import PRODUCER_PARTITIONERS
 from pipeline.core.refdata import RefDataHolder
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
-from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_DLQ, TOPIC_TICKS, ensure_topics
+from pipeline.kafka.topics import (
+    CO_PARTITIONED,
+    INPUT_TOPICS,
+    TOPIC_CDR,
+    TOPIC_DLQ,
+    TOPIC_TICKS,
+    ensure_topics,
+)
 from pipeline.replay import replay_file
 from pipeline.simulate import SimConfig, SimMessage, generate, produce, write_jsonl
 from pipeline.store.client import connect
@@ -74,6 +83,8 @@ class ChaosPlan:
     seed: int = 7
     partitions: int = 8
     timeout_s: float = 1800.0
+    partitioner: str = "murmur2"  # the gateways' (`pipeline.core.partitioning`)
+    sink_kills: int = 2  # SIGKILLs of the sink: inside an insert, then between one and its commit
 
 
 @dataclass(slots=True)
@@ -96,6 +107,7 @@ class ChaosReport:
     dlq_content_equal: bool = False
     dlq_repeats: int = 0
     kills: list[dict[str, Any]] = field(default_factory=list)
+    sink_kills: list[dict[str, Any]] = field(default_factory=list)
     broker_restarts: list[dict[str, Any]] = field(default_factory=list)
     outage: dict[str, Any] = field(default_factory=dict)
     peak_rss_mib: dict[str, float] = field(default_factory=dict)
@@ -149,7 +161,8 @@ class ChaosReport:
             else "none"
         )
         lines = [
-            f"chaos run: {p.calls} calls, {p.workers} worker(s), seed {p.seed}",
+            f"chaos run: {p.calls} calls, {p.workers} worker(s), seed {p.seed}, "
+            f"{p.partitioner} producers",
             f"messages produced      {self.messages} (duplicate flood {self.flood_messages})",
             f"CDRs expected (replay) {self.expected_cdrs}",
             f"CDRs stored            {self.stored_cdrs}",
@@ -162,6 +175,8 @@ class ChaosReport:
             f"DLQ stored             {self.dlq_stored} (content equal: {self.dlq_content_equal};"
             f" {self.dlq_repeats} repeats of an already dead-lettered source message dropped)",
             f"worker kills           {len(self.kills)}: recovery {kills}",
+            f"sink kills             {len(self.sink_kills)}: "
+            + (", ".join(f"{k['point']} (exit {k['exit']})" for k in self.sink_kills) or "none"),
             f"broker restarts        {len(self.broker_restarts)}: {restarts}",
             f"store outage           {outage}",
             f"peak RSS (MiB)         {self.peak_rss_mib}",
@@ -183,6 +198,37 @@ def rss_mib(pid: int) -> float | None:
     except (FileNotFoundError, ProcessLookupError):
         return None
     return None
+
+
+# Loaded by the sink (PYTHONPATH): when the run writes a kill point into the file named by
+# CDRPIPE_CHAOS_SINK_KILL, the sink SIGKILLs itself at that point of its next insert: inside
+# it (a millisecond in, from another thread) or after it returned, before its commit.
+SINK_KILLER = """
+import os, signal, threading
+from pipeline.store import writer
+
+_write = writer.CdrWriter.write_json
+
+
+def write_json(self, *args, **kwargs):
+    point = None
+    try:
+        with open(os.environ["CDRPIPE_CHAOS_SINK_KILL"]) as f:
+            point = f.read().strip()
+        os.unlink(os.environ["CDRPIPE_CHAOS_SINK_KILL"])
+    except OSError:
+        pass
+    if point == "during-insert":
+        threading.Timer(0.001, os.kill, (os.getpid(), signal.SIGKILL)).start()
+    result = _write(self, *args, **kwargs)
+    if point is not None:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+
+
+writer.CdrWriter.write_json = write_json
+"""
+SINK_KILL_POINTS = ("during-insert", "before-commit")
 
 
 class Supervisor(threading.Thread):
@@ -366,6 +412,8 @@ class ChaosRun:
             orphan_wait=timedelta(seconds=ORPHAN_WAIT_S),
         )
         self.hold_file = self.work / "store-hold"
+        self.sink_kill_file = self.work / "sink-kill"
+        self.sink_killing: list[threading.Thread] = []
         self.stream_store = f"chdb://{self.work / 'stream-store'}"
         self.replay_store = f"chdb://{self.work / 'replay-store'}"
 
@@ -452,9 +500,16 @@ class ChaosRun:
             zip([f"worker{i}" for i in range(p.workers)], free_ports(p.workers), strict=True)
         )
         spawn = {name: (lambda n=name: self.start_worker(n)) for name in self.metrics_ports}
-        spawn["sink"] = lambda: self.pipeline.start_sink(
-            {"CDRPIPE_SINK_HOLD_FILE": str(self.hold_file)}
-        )
+        hooks = self.work / "hooks"
+        hooks.mkdir(exist_ok=True)
+        (hooks / "sitecustomize.py").write_text(SINK_KILLER)
+        root = str(Path(__file__).resolve().parents[1])
+        sink_env = {
+            "CDRPIPE_SINK_HOLD_FILE": str(self.hold_file),
+            "CDRPIPE_CHAOS_SINK_KILL": str(self.sink_kill_file),
+            "PYTHONPATH": os.pathsep.join([str(hooks), root, os.environ.get("PYTHONPATH", "")]),
+        }
+        spawn["sink"] = lambda: self.pipeline.start_sink(sink_env)
         for start in spawn.values():
             start()
         self.supervisor = Supervisor(self.pipeline, spawn)
@@ -464,11 +519,12 @@ class ChaosRun:
             parts = list(segments(messages, p.segments))
             harm = self.schedule(len(parts))
             for i, part in enumerate(parts):
-                asyncio.run(produce(part, self.kafka.bootstrap))
+                asyncio.run(produce(part, self.kafka.bootstrap, partitioner=p.partitioner))
                 self.log(f"segment {i + 1}/{len(parts)}: {len(part)} messages produced")
                 for action in harm.get(i, []):
                     action()  # while the workers still have this segment to process
                 self.wait_backlog(below=max(len(part) // 2, 1000))
+            self.sink_killed()
             if self.outage_thread is not None:
                 self.outage_thread.join()
             self.log("all traffic produced; waiting until everything is stored")
@@ -501,6 +557,10 @@ class ChaosRun:
             harm.setdefault(self.rng.choice(slots), []).append(lambda w=worker: self.kill(w))
         for _ in range(p.broker_restarts):
             harm.setdefault(self.rng.choice(slots), []).append(self.restart_broker)
+        # One a segment: a kill waits for the sink's next insert, which needs fresh records.
+        for i, slot in enumerate(self.rng.sample(slots, min(p.sink_kills, len(slots)))):
+            point = SINK_KILL_POINTS[i % len(SINK_KILL_POINTS)]
+            harm.setdefault(slot, []).append(lambda k=point: self.kill_sink(k))
         self.outage_thread: threading.Thread | None = None
         if p.outage_s > 0:
             harm.setdefault(self.rng.choice(slots[: max(1, len(slots) // 2)]), []).insert(
@@ -537,6 +597,38 @@ class ChaosRun:
             f" {resent} outputs in doubt sent again"
         )
 
+    def kill_sink(self, point: str) -> None:
+        """The sink SIGKILLs itself at `point` of its next insert (`SINK_KILLER`) and is
+        started again; waited for in the background, as the insert may need the next segment.
+        Not during a store outage: that samples one sink's memory through it."""
+        if self.outage_thread is not None:
+            self.outage_thread.join()
+        with self.supervisor.lock:
+            proc = self.pipeline.procs.pop("sink")
+            self.sink_kill_file.write_text(point)
+
+        def restart() -> None:
+            try:
+                exit_code: Any = proc.wait(600)
+            except subprocess.TimeoutExpired:  # no insert meanwhile: killed from outside
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                exit_code = "no insert within 600 s"
+            self.sink_kill_file.unlink(missing_ok=True)
+            with self.supervisor.lock:
+                self.supervisor.spawn["sink"]()
+            self.report.sink_kills.append({"point": point, "exit": exit_code})
+            self.log(f"sink SIGKILLed {point} (exit {exit_code}); started again")
+
+        thread = threading.Thread(target=restart, daemon=True, name="chaos-sink-kill")
+        thread.start()
+        self.sink_killing.append(thread)
+
+    def sink_killed(self) -> None:
+        """Wait until the sink kills under way are done."""
+        while self.sink_killing:
+            self.sink_killing.pop().join()
+
     def restart_broker(self) -> None:
         began = time.monotonic()
         self.kafka.stop(timeout=30)
@@ -549,6 +641,7 @@ class ChaosRun:
         self.log(f"broker restarted (down {down}s); workers committing again after {waited}s")
 
     def begin_outage(self) -> None:
+        self.sink_killed()  # the outage samples the running sink
         sink = self.pipeline.procs["sink"]
         before = rss_mib(sink.pid) or 0.0
         self.hold_file.touch()
@@ -597,7 +690,7 @@ class ChaosRun:
     def wait_backlog(self, below: int) -> None:
         def small() -> bool:
             try:
-                lag = asyncio.run(group_lag(self.kafka.bootstrap, WORKER_GROUP, INPUT_TOPICS))
+                lag = asyncio.run(group_lag(self.kafka.bootstrap, WORKER_GROUP, CO_PARTITIONED))
             except Exception:
                 return False
             return lag < below
@@ -605,7 +698,7 @@ class ChaosRun:
         wait_for(small, self.plan.timeout_s / 4, poll_s=0.5)
 
     def wait_stored(self) -> None:
-        groups = {WORKER_GROUP: INPUT_TOPICS, SINK_GROUP: (TOPIC_CDR,)}
+        groups = {WORKER_GROUP: CO_PARTITIONED, SINK_GROUP: (TOPIC_CDR,)}
 
         def done() -> bool:
             lags = [asyncio.run(group_lag(self.kafka.bootstrap, g, t)) for g, t in groups.items()]
@@ -683,6 +776,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--calls", type=int, default=d.calls)
     parser.add_argument("--workers", type=int, default=d.workers)
     parser.add_argument("--kills", type=int, default=d.kills)
+    parser.add_argument(
+        "--sink-kills",
+        type=int,
+        default=d.sink_kills,
+        help="SIGKILLs of the sink, alternately inside an insert and before its commit",
+    )
+    parser.add_argument(
+        "--partitioner",
+        default=d.partitioner,
+        choices=sorted(PRODUCER_PARTITIONERS),
+        help="the simulated gateways' Kafka partitioner (%(default)s)",
+    )
     parser.add_argument("--broker-restarts", type=int, default=d.broker_restarts)
     parser.add_argument("--outage", type=float, default=d.outage_s, help="store outage seconds")
     parser.add_argument("--flood", type=float, default=d.flood)
@@ -700,6 +805,8 @@ def main(args: argparse.Namespace) -> int:
         calls=args.calls,
         workers=args.workers,
         kills=args.kills,
+        sink_kills=args.sink_kills,
+        partitioner=args.partitioner,
         broker_restarts=args.broker_restarts,
         outage_s=args.outage,
         flood=args.flood,

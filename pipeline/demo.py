@@ -21,7 +21,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline import config
 from pipeline.core.numbers import describe
-from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_DLQ
+from pipeline.kafka.topics import CO_PARTITIONED, TOPIC_CDR, TOPIC_DLQ
 from pipeline.store.client import TABLES
 from pipeline.stream.progress import SINK_GROUP, WORKER_GROUP, end_offsets, wait_caught_up
 
@@ -93,7 +93,7 @@ class Pipeline:
         return asyncio.run(
             wait_caught_up(
                 self.bootstrap,
-                {WORKER_GROUP: INPUT_TOPICS, SINK_GROUP: (TOPIC_CDR,)},
+                {WORKER_GROUP: CO_PARTITIONED, SINK_GROUP: (TOPIC_CDR,)},
                 timeout_s=timeout_s,
                 settle_s=settle_s,
                 check=self.check_alive,

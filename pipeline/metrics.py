@@ -16,7 +16,13 @@ from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from pipeline.core.engine import Outcome
 from pipeline.core.model import FLAGS
 
-EVENTS = Counter("cdrpipe_events", "Messages consumed from the input topics", ["topic"])
+EVENTS = Counter("cdrpipe_events", "Messages processed from the input topics", ["topic"])
+MISROUTED = Counter(
+    "cdrpipe_misrouted",
+    "Input messages that arrived off their call's canonical (murmur2) partition and were"
+    " forwarded to it, by source topic",
+    ["topic"],
+)
 DLQ = Counter("cdrpipe_dlq", "Messages dead-lettered, by reason kind", ["reason"])
 CDRS = Counter("cdrpipe_cdrs", "CDR versions emitted to cdr.records")
 TIMEOUTS = Counter("cdrpipe_timeouts", "Calls closed as timed out")

@@ -61,13 +61,10 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import numpy as np
-import orjson
-
 from pipeline.core.correlate import DeadLetter, Settings
 from pipeline.core.engine import Engine
-from pipeline.core.events import MAX_MESSAGE_BYTES
 from pipeline.core.model import CDR
+from pipeline.core.partitioning import call_key, partitions_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import (
     DEFAULT_PARTITIONS,
@@ -90,78 +87,6 @@ _ROUTE_CACHE = 1 << 18  # call ids remembered by the router before it starts afr
 _POLL_S = 1.0
 
 # ------------------------------------------------------------------ routing
-
-
-def call_key(raw: bytes) -> bytes | None:
-    """The UTF-8 bytes of the message's top-level string ``id``, read as `parse_event` reads
-    it (orjson; of duplicate keys the last), so ``murmur2(key)`` is the hash `partition_for`
-    takes. For a message that cannot be a valid event, None or some key: it touches no call
-    state, so any worker will do.
-
-    Most lines are read without parsing them: in JSON without a backslash, every ``"id"`` is a
-    string equal to id (a string cannot hold a bare quote, and a closing quote is never
-    followed by a letter), so if there is exactly one and it is followed by ``:"``, it is the
-    only key id, and its value runs to the next quote. If that key is nested, the message has
-    no top-level id and is invalid. Anything else (escapes, spaces, several ids) goes through
-    orjson. ~0.4 us a line instead of ~0.6 (tests/unit/test_replay_parallel.py compares the
-    two on generated objects)."""
-    if len(raw) > MAX_MESSAGE_BYTES:
-        return None  # refused before it is parsed
-    at = raw.find(b'"id":"')
-    if at >= 0 and b"\\" not in raw and raw.count(b'"id"') == 1:
-        end = raw.find(b'"', at + 6)
-        if end >= 0:
-            return raw[at + 6 : end]
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    if type(data) is dict:
-        value = data.get("id")
-        if type(value) is str:
-            try:
-                return value.encode()
-            except UnicodeEncodeError:  # a lone surrogate: refused by orjson already
-                return None
-    return None
-
-
-_M = np.uint32(0x5BD1E995)
-
-
-def partitions_for(keys: list[bytes], partitions: int) -> list[int]:
-    """``(murmur2(key) & 0x7FFFFFFF) % partitions`` of each key (Kafka's default partitioner),
-    computed with numpy for all keys of a length at once: ~0.13 us a key against ~1.4 for
-    `murmur2` in Python (tests/unit/test_replay_parallel.py compares the two)."""
-    out = [0] * len(keys)
-    by_length: dict[int, list[int]] = {}
-    for i, key in enumerate(keys):
-        by_length.setdefault(len(key), []).append(i)
-    for length, at in by_length.items():
-        data = np.frombuffer(b"".join([keys[i] for i in at]), dtype=np.uint8)
-        data = data.reshape(len(at), length)
-        h = np.full(len(at), (0x9747B28C ^ length) & 0xFFFFFFFF, dtype=np.uint32)
-        nblocks = length >> 2
-        if nblocks:
-            blocks = np.ascontiguousarray(data[:, : nblocks * 4]).view("<u4")
-            for j in range(nblocks):
-                k = blocks[:, j] * _M
-                k ^= k >> np.uint32(24)
-                h = (h * _M) ^ (k * _M)
-        tail, base = length & 3, nblocks << 2
-        if tail:
-            if tail == 3:
-                h ^= data[:, base + 2].astype(np.uint32) << np.uint32(16)
-            if tail >= 2:
-                h ^= data[:, base + 1].astype(np.uint32) << np.uint32(8)
-            h ^= data[:, base].astype(np.uint32)
-            h = h * _M
-        h ^= h >> np.uint32(13)
-        h = h * _M
-        h ^= h >> np.uint32(15)
-        for i, value in zip(at, ((h & np.uint32(0x7FFFFFFF)) % partitions).tolist(), strict=True):
-            out[i] = value
-    return out
 
 
 # ------------------------------------------------------------------ CDR transfer

@@ -25,7 +25,7 @@ import random
 import sys
 import time
 from bisect import bisect_right
-from collections.abc import Awaitable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -37,9 +37,9 @@ from typing import Any, NamedTuple
 import orjson
 import phonenumbers
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 from phonenumbers import PhoneNumberType
 
+from pipeline.core.partitioning import PRODUCER_PARTITIONERS
 from pipeline.core.refdata import load_refdata
 
 __all__ = [
@@ -893,11 +893,14 @@ async def produce(
     linger_ms: int = 5,
     chunk: int = 5000,
     client_id: str = "cdrpipe-simulate",
+    partitioner: str | Mapping[str, str] = "murmur2",
 ) -> dict[str, Any]:
     """Send every message to its topic, keyed by call id, and wait for all acks.
 
-    Partitions follow Kafka's default partitioner (murmur2 of the key), so the three
-    events of a call land on the same partition number of each topic. Without
+    Partitions follow ``partitioner``, a name of `PRODUCER_PARTITIONERS` or one per topic:
+    by default Kafka's Java partitioner (murmur2 of the key), so the three events of a
+    call land on the same partition number of each topic; ``crc32`` is librdkafka's
+    default, ``fnv1a`` Sarama's, ``random`` a producer that ignores the key. Without
     ``rate`` messages are packed into per-partition batches (``send_batch``): ~200k
     messages/s on a local broker, where one ``send()`` per message (per-message
     futures, pure-Python murmur2 every time) manages ~30k/s. With
@@ -924,10 +927,11 @@ async def produce(
     by_topic: dict[str, int] = {}
     began = time.perf_counter()
     try:
+        pick = _partitioners(partitioner)
         if rate is None:
-            sent = await _send_batched(producer, messages, by_topic, chunk)
+            sent = await _send_batched(producer, messages, by_topic, chunk, pick, linger_ms)
         else:
-            sent = await _send_paced(producer, messages, by_topic, rate, chunk, began)
+            sent = await _send_paced(producer, messages, by_topic, rate, chunk, began, pick)
         await producer.flush()
     finally:
         await producer.stop()
@@ -941,6 +945,26 @@ async def produce(
 
 
 _BATCH_BYTES = 256 * 1024
+_Pick = Callable[[str, bytes, int], int]  # (topic, key, partition count) -> partition
+
+
+def _partitioners(partitioner: str | Mapping[str, str]) -> _Pick:
+    """``partitioner`` (one name, or a name per topic; murmur2 for a topic not named) as a
+    function of topic, key and partition count."""
+    names = {} if isinstance(partitioner, str) else dict(partitioner)
+    default = partitioner if isinstance(partitioner, str) else "murmur2"
+    unknown = {default, *names.values()} - set(PRODUCER_PARTITIONERS)
+    if unknown:
+        raise ValueError(f"unknown partitioners {sorted(unknown)}")
+    by_topic = {t: PRODUCER_PARTITIONERS[n] for t, n in names.items()}
+    fallback = PRODUCER_PARTITIONERS[default]
+
+    def pick(topic: str, key: bytes, partitions: int) -> int:
+        return by_topic.get(topic, fallback)(key, partitions)
+
+    # The partition of a key can be remembered unless a producer ignores keys.
+    pick.keyed = "random" not in {default, *names.values()}  # type: ignore[attr-defined]
+    return pick
 
 
 async def _send_paced(
@@ -950,14 +974,20 @@ async def _send_paced(
     rate: float,
     chunk: int,
     began: float,
+    pick: _Pick,
 ) -> int:
     sent = 0
     pending: list[Awaitable[Any]] = []
+    counts: dict[str, int] = {}
     for m in messages:
         ahead = began + sent / rate - time.perf_counter()
         if ahead > 0:
             await asyncio.sleep(ahead)
-        pending.append(await producer.send(m.topic, m.value, key=m.key))
+        n = counts.get(m.topic)
+        if n is None:
+            n = counts[m.topic] = len(await producer.partitions_for(m.topic))
+        partition = pick(m.topic, m.key, n)
+        pending.append(await producer.send(m.topic, m.value, key=m.key, partition=partition))
         by_topic[m.topic] = by_topic.get(m.topic, 0) + 1
         sent += 1
         if len(pending) >= chunk:
@@ -972,23 +1002,32 @@ async def _send_batched(
     messages: Iterable[SimMessage],
     by_topic: dict[str, int],
     chunk: int,
+    pick: _Pick,
+    linger_ms: int,
 ) -> int:
+    """Messages packed into a batch per topic-partition, each shipped when full or when it
+    is `linger_ms` old, as Kafka clients do: shipped only when full, one topic's batch of a
+    time span reached the broker up to a second before another's, which no gateway does."""
     partitions: dict[str, list[int]] = {}
-    hashes: dict[bytes, int] = {}  # a call's events share a key: hash it once
+    chosen: dict[tuple[str, bytes], int] = {}  # a call's events share a key: pick once
     batches: dict[tuple[str, int], Any] = {}
     pending: list[Awaitable[Any]] = []
     sent = 0
+    due = time.monotonic() + linger_ms / 1000
     for m in messages:
         topic, key, value = m.topic, m.key, m.value
         parts = partitions.get(topic)
         if parts is None:
             parts = partitions[topic] = sorted(await producer.partitions_for(topic))
-        h = hashes.get(key)
-        if h is None:
-            if len(hashes) > 200_000:
-                hashes.clear()
-            h = hashes[key] = murmur2(key) & 0x7FFFFFFF
-        tp = (topic, parts[h % len(parts)])  # exactly DefaultPartitioner's choice
+        tp = (topic, key)
+        at = chosen.get(tp)
+        if at is None:
+            if len(chosen) > 200_000:
+                chosen.clear()
+            at = pick(topic, key, len(parts))
+            if pick.keyed:  # type: ignore[attr-defined]
+                chosen[tp] = at
+        tp = (topic, parts[at])
         batch = batches.get(tp)
         if batch is None:
             batch = batches[tp] = producer.create_batch()
@@ -1002,6 +1041,12 @@ async def _send_batched(
                 pending.append(await producer.send(topic, value, key=key, partition=tp[1]))
         by_topic[topic] = by_topic.get(topic, 0) + 1
         sent += 1
+        if sent & 255 == 0 and time.monotonic() >= due:
+            for (topic, partition), batch in batches.items():
+                if batch.record_count():
+                    pending.append(await producer.send_batch(batch, topic, partition=partition))
+            batches.clear()
+            due = time.monotonic() + linger_ms / 1000
         if sent % chunk == 0 and pending:
             await asyncio.gather(*pending)
             pending.clear()
@@ -1028,6 +1073,20 @@ def _start(text: str) -> datetime:
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 datetime") from exc
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _partitioner(text: str) -> str | dict[str, str]:
+    try:
+        if "=" not in text:
+            _partitioners(text)
+            return text
+        names = {
+            f"sip.call.{k.strip()}": v.strip() for k, v in (p.split("=") for p in text.split(","))
+        }
+        _partitioners(names)
+    except (ValueError, KeyError) as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+    return names
 
 
 def _outcome_mix(text: str) -> tuple[tuple[str, float], ...]:
@@ -1066,6 +1125,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")
     parser.add_argument(
         "--rate", type=float, help="Kafka send rate in messages/s (default: as fast as possible)"
+    )
+    parser.add_argument(
+        "--partitioner",
+        type=_partitioner,
+        default="murmur2",
+        help="the gateways' Kafka partitioner: murmur2 (Java's, the default), crc32 "
+        "(librdkafka's default), fnv1a (Sarama's) or random; or one per topic, e.g. "
+        "start=crc32,connect=fnv1a,end=murmur2",
     )
     parser.add_argument(
         "--acks", default="all", choices=("all", "1", "0"), help="producer acks (%(default)s)"
@@ -1171,7 +1238,15 @@ def run(args: argparse.Namespace) -> int:
     if args.bootstrap:
         acks: int | str = args.acks if args.acks == "all" else int(args.acks)
         try:
-            result = asyncio.run(produce(sim.messages, args.bootstrap, rate=args.rate, acks=acks))
+            result = asyncio.run(
+                produce(
+                    sim.messages,
+                    args.bootstrap,
+                    rate=args.rate,
+                    acks=acks,
+                    partitioner=args.partitioner,
+                )
+            )
         except Exception as exc:  # any broker failure: report it plainly, exit 1
             print(f"simulate: producing to {args.bootstrap} failed: {exc!r}", file=sys.stderr)
             return 1

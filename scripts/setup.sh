@@ -4,9 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Headless Chromium (Debian's package) for the web page's browser test; Playwright drives it
-# through executable_path and never downloads a browser of its own.
-if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+# through executable_path and never downloads a browser of its own. And
+# kcat (librdkafka's command-line client) for the tests of gateways that do not partition as
+# Java's client does.
+missing=""
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v kcat >/dev/null 2>&1 || missing="$missing kcat"
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
+  # shellcheck disable=SC2086
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing) >/dev/null
 fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null 2>&1 || PY=python3

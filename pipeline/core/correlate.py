@@ -37,7 +37,7 @@ import heapq
 import struct
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, Protocol
 
@@ -123,6 +123,7 @@ class CallState:
 
 
 DeadlineKind = Literal["orphan", "timeout", "forget"]
+_IDLE = datetime.max.replace(tzinfo=UTC)  # an upstream source forwarding nothing: no bound
 
 #: ``CallState(*fields)`` and ``Held(event, raw, source)``, cheaper (see `slot_constructor`).
 make_state: Callable[..., CallState] = slot_constructor(CallState)
@@ -176,13 +177,13 @@ class DeadlineIndex(Protocol):
 
 
 @dataclass(slots=True)
-class _Partition:
+class EventClock:
+    """How far event time has got on one partition: the newest timestamp seen per event kind
+    (= per topic), its watermark their minimum once every kind was seen. Kafka delivers the
+    topics independently, so the slowest one bounds what may be decided."""
+
     newest: dict[str, datetime] = field(default_factory=dict)  # per event kind (topic)
     watermark: datetime | None = None  # min(newest.values()), once every kind was seen
-    # The deadline heap, unless `index` (a `DeadlineIndex`) holds the entries instead: the
-    # default stays a list handled inline, the cheapest on the hot path.
-    deadlines: list[tuple[datetime, str]] = field(default_factory=list)
-    index: DeadlineIndex | None = None
 
     def saw(self, kind: str, ts: datetime) -> None:
         newest = self.newest
@@ -190,14 +191,39 @@ class _Partition:
         if old is None or ts > old:
             newest[kind] = ts
             if len(newest) == 3:
-                self.watermark = min(newest.values())
+                self.settle()
 
     def raise_to(self, ts: datetime) -> None:
         """Every topic has (at least) reached `ts`."""
         for kind in ("start", "connect", "end"):
             if kind not in self.newest or self.newest[kind] < ts:
                 self.newest[kind] = ts
-        self.watermark = min(self.newest.values())
+        self.settle()
+
+    def settle(self) -> None:
+        self.watermark = min(self.newest.values()) if len(self.newest) == 3 else None
+
+
+@dataclass(slots=True)
+class _Partition(EventClock):
+    # The deadline heap, unless `index` (a `DeadlineIndex`) holds the entries instead: the
+    # default stays a list handled inline, the cheapest on the hot path.
+    deadlines: list[tuple[datetime, str]] = field(default_factory=list)
+    index: DeadlineIndex | None = None
+    # Messages forwarded to this partition from others (`Correlator.upstream`): how far each
+    # of the `sources` input partitions has got, and the oldest of them once every one has
+    # told (None before). The watermark never passes it: deadlines wait for what is still on
+    # its way.
+    upstream: dict[int, datetime] | None = None
+    sources: int = 0
+    limit: datetime | None = None
+
+    def settle(self) -> None:
+        EventClock.settle(self)
+        wm = self.watermark
+        if wm is not None and self.upstream is not None:
+            limit = self.limit
+            self.watermark = None if limit is None else limit if limit < wm else wm
 
 
 def merge(state: CallState | None, held: Held) -> tuple[CallState, bool]:
@@ -319,7 +345,10 @@ class Correlator:
         if old is None or ts > old:
             newest[kind] = ts
             if len(newest) == 3:
-                part.watermark = min(newest.values())
+                if part.upstream is None:
+                    part.watermark = min(newest.values())
+                else:
+                    part.settle()
         wm = part.watermark
         if wm is not None:
             index = part.index
@@ -417,6 +446,46 @@ class Correlator:
         `trigger` is the tick message, if it came as one."""
         part = self._partition(partition)
         part.raise_to(watermark)
+        return self._expire(part, trigger)
+
+    def expect_upstream(self, partition: int, sources: int) -> None:
+        """Messages are forwarded to `partition` from the other input partitions (`sources`
+        in all): from now on its deadlines wait until every source has told how far it got
+        (`upstream`)."""
+        part = self._partition(partition)
+        if part.upstream is None:
+            part.upstream = {}
+            part.sources = sources
+            part.limit = None
+            part.settle()
+
+    def upstream(
+        self,
+        partition: int,
+        source: int,
+        ts: datetime | None,
+        sources: int,
+        trigger: Source | None = None,
+    ) -> list[Action]:
+        """Every message read off input partition `source` (of `sources`) up to event time
+        `ts` that belongs to `partition` has been forwarded to it; None: nothing of it is on
+        its way. Once every source has told, the partition's watermark stays at or below the
+        oldest of them, as a shuffle holds watermarks in Flink, so that no deadline fires
+        while events of a call may still be on their way through the repartition topic;
+        until then, from the first forwarded message or word on, no deadline fires at all.
+        A source's time never goes back (a new owner re-reads from its last commit what was
+        forwarded already)."""
+        self.expect_upstream(partition, sources)
+        part = self._partitions[partition]
+        upstream = part.upstream
+        assert upstream is not None
+        old = upstream.get(source)
+        new = _IDLE if ts is None else ts
+        if old is not None and old is not _IDLE and new is not _IDLE and new <= old:
+            return []
+        upstream[source] = new
+        part.limit = min(upstream.values()) if len(upstream) >= part.sources else None
+        part.settle()
         return self._expire(part, trigger)
 
     def outputs(self, state: CallState) -> list[Action]:

@@ -66,6 +66,7 @@ class Engine:
         self.correlator = Correlator(states if states is not None else {}, settings, deadlines)
         self.counters: Counter[str] = Counter()
         self._routes: dict[str, int] = {}  # call id -> partition_for(call id, partitions)
+        self.last_ts: datetime | None = None  # event time of the last valid message fed
 
     def _route(self, call_id: str) -> int:
         """`partition_for(call_id, self.partitions)`, remembered in a plain dict."""
@@ -93,8 +94,10 @@ class Engine:
             event = parse_event(raw, now=now)
         except InvalidEvent as exc:
             self.counters["dlq_invalid"] += 1
+            self.last_ts = None
             return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
         self.counters["events"] += 1
+        self.last_ts = event.ts
         if partition is None:
             partition = self._routes.get(event.id)
             if partition is None:
@@ -133,6 +136,14 @@ class Engine:
     ) -> Outcome:
         """Move a partition's event time on (idle tick) and close what is due."""
         return self._carry(self.correlator.advance(partition, watermark, trigger))
+
+    def upstream(
+        self, partition: int, source: int, ts: datetime | None, trigger: Source | None = None
+    ) -> Outcome:
+        """Input partition `source` has been forwarded up to `ts`, or has nothing on its way
+        (None) (`Correlator.upstream`)."""
+        actions = self.correlator.upstream(partition, source, ts, self.partitions, trigger)
+        return self._carry(actions) if actions else NOTHING
 
     def resend(self, states: list[CallState]) -> Outcome:
         """The outputs of settled states again (not counted twice), for a worker that may

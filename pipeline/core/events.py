@@ -365,6 +365,17 @@ def parse_ts(text: str) -> datetime:
     return ts
 
 
+def event_time(raw: bytes) -> datetime | None:
+    """A message's event time alone (its `ts`), None if it has none that parses: what a worker
+    forwarding the message without processing it needs (the one processing it dead-letters
+    a message without)."""
+    try:
+        ts = orjson.loads(raw).get("ts")
+        return parse_ts(ts) if isinstance(ts, str) else None
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return None
+
+
 def parse_event(raw: bytes, *, now: datetime | None = None) -> Event:
     """Decode, validate and convert one message, or raise `InvalidEvent` with a reason.
 

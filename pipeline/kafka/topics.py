@@ -22,6 +22,9 @@ TOPIC_END = "sip.call.end"
 TOPIC_DLQ = "sip.call.dlq"
 TOPIC_CDR = "cdr.records"
 TOPIC_TICKS = "cdrpipe.ticks"
+# Messages that arrived off their call's canonical partition, forwarded to it by the worker
+# that read them (`pipeline.core.partitioning`); co-partitioned with the inputs.
+TOPIC_REPARTITION = "cdrpipe.repartition"
 # The workers' call states (the name Faust gives the changelog of table "calls" of app
 # "cdrpipe", so both worker engines read and write the same durable state).
 TOPIC_CHANGELOG = "cdrpipe-calls-changelog"
@@ -33,7 +36,12 @@ ALL_TOPICS: tuple[str, ...] = (
     TOPIC_CDR,
     TOPIC_TICKS,
     TOPIC_CHANGELOG,
+    TOPIC_REPARTITION,
 )
+# Partition p of each holds the events of the calls of partition p.
+CO_PARTITIONED: tuple[str, ...] = (*INPUT_TOPICS, TOPIC_REPARTITION)
+# What a worker (either engine) consumes, partition by partition.
+WORKER_TOPICS: tuple[str, ...] = (*CO_PARTITIONED, TOPIC_TICKS)
 # A call's state is written once per change; compaction keeps the newest per call, but only
 # in closed segments. Rolling them every 5 minutes (Kafka: 7 days) lets the log cleaner
 # shrink what a restarted worker has to read before it can take traffic.
@@ -100,7 +108,7 @@ async def _partition_counts(
 
 
 def _check_inputs(counts: dict[str, int], partitions: int) -> None:
-    wrong = {t: n for t, n in counts.items() if t in INPUT_TOPICS and n != partitions}
+    wrong = {t: n for t, n in counts.items() if t in CO_PARTITIONED and n != partitions}
     if wrong:
         found = ", ".join(f"{t}={n}" for t, n in sorted(wrong.items()))
         raise TopicPartitionMismatch(

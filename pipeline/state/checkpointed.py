@@ -33,7 +33,7 @@ import shutil
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -55,13 +55,22 @@ from pipeline.state.rocks import (
     ReadByGet,
     RocksDeadlines,
     bounded,
+    deadline_key,
+    deadline_prefix,
     open_db,
 )
 from pipeline.stream.codec import state_from_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Checkpoint", "DiskStates", "PartitionStore", "StoreCorrupt"]
+__all__ = [
+    "Checkpoint",
+    "DiskStates",
+    "PartitionStore",
+    "StoreCorrupt",
+    "as_encoded",
+    "indexed",
+]
 
 STATE, OPEN, CHECKPOINT = b"\x00", b"\x05", b"\x06checkpoint"
 _DEADLINE = b"\x01"
@@ -70,8 +79,10 @@ LAYOUT = 1  # of the key spaces and the checkpoint; a store of another layout is
 # block cache is shared too. Flushed often enough that a crash leaves little to re-read.
 WRITE_BUFFERS_TOTAL = 128 << 20
 WRITE_BUFFER = 32 << 20
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
+# Changelog tombstones are kept for a day (the broker's `delete.retention.ms` default): a
+# store last written longer ago may have missed one, and is rebuilt.
+MAX_STORE_AGE_S = 20 * 3600
+_EPOCH, _US = codec.EPOCH, codec.MICROSECOND
 KINDS = ("start", "connect", "end")
 
 
@@ -227,7 +238,7 @@ class Rebuild:
         self.store = store
         self.settings = settings
         self.memory_us = settings.memory // _US
-        self.prefix = _DEADLINE + store.partition.to_bytes(4, "big")
+        self.prefix = deadline_prefix(store.partition)
         cp = store.checkpoint
         self.newest: list[int | None] = [None, None, None]
         if cp is not None:
@@ -237,13 +248,13 @@ class Rebuild:
         self.applied = 0
 
     def apply(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
-        # Written out for speed: this runs once per record of a rebuild. The store's writes
-        # skip the log meanwhile (preset: cheaper than passing options to every call).
+        # Locals for speed: this runs once per record of a rebuild. The store's writes skip
+        # the log meanwhile (preset: cheaper than passing options to every call).
         db = self.store.db
         db.set_write_options(NO_WAL)
         put, delete = db.put, db.delete
-        times, opened = codec.times, self.opened
-        prefix, memory_us, bias = self.prefix, self.memory_us, 1 << 63
+        opened, settings, memory_us = self.opened, self.settings, self.memory_us
+        prefix = self.prefix
         first, second, third = (-1 if t is None else t for t in self.newest)
         n = 0
         for key, value in records:
@@ -252,17 +263,14 @@ class Rebuild:
                 delete(STATE + key)
                 opened.discard(key)
                 continue
-            if value[0] == 0x5B:  # "[": a state in the changelog's earlier JSON format
-                value = _from_json(value)
+            value = as_encoded(value)
             put(STATE + key, value)
-            since, start, connect, end = times(value)
-            if since is None:  # open: few, decoded for `CallState.deadline`
+            due, is_open, start, connect, end = indexed(value, settings, memory_us)
+            if is_open:
                 opened.add(key)
-                due = (decode_state(value).deadline(self.settings)[0] - _EPOCH) // _US
             else:
                 opened.discard(key)
-                due = since + memory_us
-            put(prefix + (due + bias).to_bytes(8, "big") + key, b"")
+            put(deadline_key(prefix, due, key), b"")
             if start is not None and start > first:
                 first = start
             if connect is not None and connect > second:
@@ -293,8 +301,26 @@ def _state_range() -> ReadOptions:
     return bounded(STATE, _DEADLINE)
 
 
-def _from_json(value: bytes) -> bytes:
-    return encode_state(state_from_bytes(value))
+def as_encoded(value: bytes) -> bytes:
+    """A changelog record's state as `codec.encode_state` bytes (records of the changelog's
+    earlier JSON format are converted)."""
+    if value[0] == 0x5B:  # "["
+        return encode_state(state_from_bytes(value))
+    return value
+
+
+def indexed(
+    value: bytes, settings: Settings, memory_us: int
+) -> tuple[int, bool, int | None, int | None, int | None]:
+    """What a store keeps beside each state it writes, from the state's bytes: its deadline
+    (µs since the epoch, `CallState.deadline`), whether the call is open, and the held
+    start's, connect's and end's times (the partition's event-time clock). A settled state's
+    deadline is read from the fixed part; an open one (few) is decoded."""
+    since, start, connect, end = codec.times(value)
+    if since is None:
+        due = (decode_state(value).deadline(settings)[0] - _EPOCH) // _US
+        return due, True, start, connect, end
+    return since + memory_us, False, start, connect, end
 
 
 class DiskStates(ReadByGet):

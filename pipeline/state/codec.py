@@ -44,12 +44,22 @@ from pipeline.core.correlate import CallState, Held, make_held, make_state
 from pipeline.core.events import attributes
 from pipeline.core.model import Event, Source, slot_constructor
 
-__all__ = ["VERSION", "decode_state", "encode_state", "settled_since", "times"]
+__all__ = [
+    "EPOCH",
+    "MICROSECOND",
+    "VERSION",
+    "decode_state",
+    "encode_state",
+    "settled_since",
+    "times",
+    "trigger",
+]
 
 VERSION = 2
 _MARSHAL = 2  # no back-references: a plain length-prefixed layout
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_US = timedelta(microseconds=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # times are stored as microseconds since EPOCH
+MICROSECOND = timedelta(microseconds=1)
+_EPOCH, _US = EPOCH, MICROSECOND
 
 _START, _CONNECT, _END, _TIMED_OUT, _ORPHANED, _TRIGGER, _SETTLED = 1, 2, 4, 8, 16, 32, 64
 _FIXED = [struct.Struct("<BBqqqiq" + "qiqB" * n) for n in range(4)]
@@ -171,6 +181,16 @@ def settled_since(data: bytes) -> datetime | None:
     only: ~0.5 µs instead of a decode. None for an open call's bytes."""
     micros = _since_us(*_fixed(data))
     return None if micros is None else _EPOCH + _US * micros
+
+
+def trigger(data: bytes) -> tuple[str, int] | None:
+    """The (topic, offset) of the message whose handling produced the state's output (its
+    `trigger`), None if there is none."""
+    flags, numbers = _fixed(data)
+    if not flags & _TRIGGER:
+        return None
+    size = _FIXED[_HELD_COUNT[flags & 7]].size
+    return marshal.loads(memoryview(data)[size:])[1], numbers[6]
 
 
 def times(data: bytes) -> tuple[int | None, int | None, int | None, int | None]:

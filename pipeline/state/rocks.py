@@ -45,7 +45,16 @@ from pipeline.core.correlate import CallState
 from pipeline.state import codec
 from pipeline.state.codec import decode_state, encode_state
 
-__all__ = ["RocksDeadlines", "RocksFinal", "RocksStates", "fork_safe", "open_db", "scratch_dir"]
+__all__ = [
+    "RocksDeadlines",
+    "RocksFinal",
+    "RocksStates",
+    "deadline_key",
+    "deadline_prefix",
+    "fork_safe",
+    "open_db",
+    "scratch_dir",
+]
 
 _STATE, _DEADLINE, _FINAL = b"\x00", b"\x01", b"\x02"
 _PARTITION = struct.Struct(">I")
@@ -63,6 +72,17 @@ REFILL = 1024  # deadline entries moved from disk to memory at a time, per parti
 WRITE_BUFFER = 64 << 20
 WRITE_BUFFERS = 3
 BLOCK_CACHE = 64 << 20
+
+
+def deadline_prefix(partition: int) -> bytes:
+    """Where a partition's deadline entries begin (`RocksDeadlines`)."""
+    return _DEADLINE + _PARTITION.pack(partition)
+
+
+def deadline_key(prefix: bytes, micros: int, call_id: bytes) -> bytes:
+    """A deadline entry's key: `deadline_prefix`, then due (µs since the epoch) and call id,
+    in an order RocksDB's byte order keeps."""
+    return prefix + _DUE.pack(micros + _BIAS) + call_id
 
 
 _opened = False  # a RocksDB was opened in this process, or in one it was forked from
@@ -297,7 +317,7 @@ class RocksDeadlines:
         self.pushed: list[bytes] = []  # keys of pushed entries not on disk yet (`keep`)
         self._ahead: list[tuple[int, str]] = []  # of those, the ones beyond `_bound`
         self._db = db
-        self._prefix = _DEADLINE + _PARTITION.pack(partition)
+        self._prefix = deadline_prefix(partition)
         self._heap: list[tuple[int, str]] = []  # (due µs, call id), every entry <= _bound
         self._bound: tuple[int, str] | None = None
         upper = (
@@ -321,7 +341,7 @@ class RocksDeadlines:
         return len(self._heap) + on_disk
 
     def _key(self, micros: int, call_id: str) -> bytes:
-        return self._prefix + _DUE.pack(micros + _BIAS) + call_id.encode()
+        return deadline_key(self._prefix, micros, call_id.encode())
 
     def push(self, due: datetime, call_id: str) -> None:
         micros = (due - _EPOCH) // _US

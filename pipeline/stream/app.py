@@ -20,6 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -28,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Settings
 from pipeline.core.engine import Outcome
+from pipeline.core.events import event_time
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
 from pipeline.kafka.topics import (
@@ -35,15 +37,23 @@ from pipeline.kafka.topics import (
     INPUT_TOPICS,
     TOPIC_CDR,
     TOPIC_DLQ,
+    TOPIC_REPARTITION,
     TOPIC_TICKS,
+    WORKER_TOPICS,
 )
+from pipeline.state import codec
+from pipeline.state.slots import claim_slot
+from pipeline.state.table import SCHEME, CallTable
 from pipeline.stream.codec import (
+    PROGRESS_HEADERS,
     cdr_to_bytes,
     dead_letter_headers,
+    is_progress,
+    repartition_headers,
     state_from_changelog,
     state_to_changelog,
 )
-from pipeline.stream.progress import WORKER_GROUP, end_offsets
+from pipeline.stream.progress import WORKER_GROUP, committed_offsets, end_offsets
 from pipeline.stream.runtime import (
     REFDATA_POLL_S,
     TICK_INTERVAL_S,
@@ -60,6 +70,8 @@ from pipeline.stream.runtime import (
 from pipeline.stream.watchdog import CommitFence, CommitWatchdog
 
 log = logging.getLogger(__name__)
+
+PRUNE_EVERY_S = 30.0  # how often triggers below the commits are dropped from the stores
 
 
 class TableStates(States):
@@ -79,8 +91,12 @@ class TableStates(States):
             raw = self.table.get(key.encode())
             if raw is None:
                 raise KeyError(key)
-            state = self.cache[key] = state_from_changelog(raw)
+            state = state_from_changelog(raw)
+            self._cached(key, state)
         return state
+
+    def _cached(self, key: str, state: CallState) -> None:
+        self.cache[key] = state
 
     def __setitem__(self, key: str, state: CallState) -> None:
         self.cache[key] = state
@@ -100,6 +116,35 @@ class TableStates(States):
         self.cache.clear()
 
 
+class DiskTableStates(TableStates):
+    """`TableStates` over the table's local store (`CallTable`): only open calls are cached
+    (few, and read by nearly every event); settled ones, the day of remembered calls, are
+    read from disk when needed, so memory stays bounded by the calls in progress. The
+    store keeps the deadline index (`deadlines`), and a settled call's forget deadline is
+    read without decoding it (`settled_since`)."""
+
+    def __init__(self, table: Any, store: CallTable) -> None:
+        super().__init__(table)
+        self.deadlines = store.deadlines
+
+    def _cached(self, key: str, state: CallState) -> None:
+        if not state.settled:
+            self.cache[key] = state
+
+    def __setitem__(self, key: str, state: CallState) -> None:
+        if state.settled:
+            self.cache.pop(key, None)
+        else:
+            self.cache[key] = state
+        self.table[key.encode()] = state_to_changelog(state)
+
+    def settled_since(self, call_id: str) -> datetime | None:
+        if call_id in self.cache:
+            return None
+        raw = self.table.get(call_id.encode())
+        return None if raw is None else codec.settled_since(raw)
+
+
 def create_app(
     *,
     bootstrap: str | None = None,
@@ -114,15 +159,17 @@ def create_app(
     bootstrap = bootstrap or config.kafka_bootstrap()
     partitions = partitions or config.partitions()
     settings = settings or config.deadlines()
-    datadir = config.data_dir() / "faust" / name
-    datadir.parent.mkdir(parents=True, exist_ok=True)
+    # Several workers of one host may share the data directory: each takes a slot of it
+    # (the table's RocksDB files allow one process).
+    slot = claim_slot(config.data_dir() / "faust" / name)
+    datadir = slot.path
     app = faust.App(
         WORKER_GROUP,
         # Every topic, including the table's changelog, carries our own bytes: no JSON codec.
         key_serializer="raw",
         value_serializer="raw",
         broker=f"kafka://{bootstrap}",
-        store=table_store or config.env("CDRPIPE_TABLE_STORE", "memory://"),
+        store=table_store or config.env("CDRPIPE_TABLE_STORE", f"{SCHEME}://"),
         datadir=str(datadir),
         topic_partitions=partitions,
         topic_replication_factor=1,
@@ -148,8 +195,7 @@ def create_app(
     )
     refdata = RefDataHolder(config.config_dir())
     inputs = app.topic(
-        *INPUT_TOPICS,
-        TOPIC_TICKS,
+        *WORKER_TOPICS,
         key_serializer="raw",
         value_serializer="raw",
         partitions=partitions,
@@ -159,6 +205,9 @@ def create_app(
     )
     records = app.topic(
         TOPIC_CDR, key_serializer="raw", value_serializer="raw", partitions=partitions
+    )
+    repartition = app.topic(
+        TOPIC_REPARTITION, key_serializer="raw", value_serializer="raw", partitions=partitions
     )
     dlq = app.topic(TOPIC_DLQ, key_serializer="raw", value_serializer="raw", partitions=partitions)
     # key_type/value_type bytes make Faust use the raw codec for the changelog too (with a
@@ -174,8 +223,17 @@ def create_app(
         # cleaner shrink what a restarted worker has to replay before it can take traffic.
         extra_topic_configs=CHANGELOG_CONFIG,
     )
-    runtime = WorkerRuntime(refdata, TableStates(table), settings, partitions, idle_after)
+    store = table.data
+    states: TableStates
+    if isinstance(store, CallTable):
+        store.settings = settings
+        store.bootstrap = bootstrap
+        states = DiskTableStates(table, store)
+    else:
+        states = TableStates(table)
+    runtime = WorkerRuntime(refdata, states, settings, partitions, idle_after)
     app.cdrpipe_runtime = runtime  # type: ignore[attr-defined]
+    app.cdrpipe_slot = slot  # type: ignore[attr-defined]
 
     async def publish(outcome: Outcome, key: bytes | None) -> None:
         for cdr in outcome.cdrs:
@@ -214,8 +272,31 @@ def create_app(
                     msg.partition, Source(msg.topic, msg.partition, msg.offset)
                 )
                 metrics.record_products(outcome)
+            elif msg.topic == TOPIC_REPARTITION:
+                if is_progress(msg.headers):
+                    outcome = runtime.on_progress(event.value, msg.partition, msg.offset)
+                    metrics.record_products(outcome)
+                else:
+                    outcome = runtime.on_forwarded(
+                        event.value, msg.partition, msg.offset, msg.headers
+                    )
+                    metrics.record_outcome(msg.topic, outcome)
+            elif (canonical := runtime.misrouted(event.value, msg.partition)) is not None:
+                # Another partition's call: there, not here (`pipeline.core.partitioning`).
+                await repartition.send(
+                    key=msg.key,
+                    value=event.value,
+                    partition=canonical,
+                    timestamp=msg.timestamp,
+                    headers=repartition_headers(Source(msg.topic, msg.partition, msg.offset)),
+                )
+                metrics.MISROUTED.labels(msg.topic).inc()
+                runtime.arrived(msg.topic, msg.partition, event_time(event.value))
+                runtime.forwarded(msg.partition)
+                outcome = Outcome()
             else:
                 outcome = runtime.on_message(event.value, msg.topic, msg.partition, msg.offset)
+                runtime.arrived(msg.topic, msg.partition, runtime.engine.last_ts)
                 metrics.record_outcome(msg.topic, outcome)
             if outcome.cdrs or outcome.dead:
                 await publish(outcome, msg.key)
@@ -229,6 +310,11 @@ def create_app(
         stamp = tick_stamp()
         for p in sorted(runtime.assigned):
             await ticks.send(key=b"tick", value=stamp, partition=p)
+        # After the forwards the agent has sent (one producer: each partition keeps the order)
+        marker = runtime.progress(force=True)
+        if marker is not None:
+            for p in range(partitions):
+                await repartition.send(value=marker, partition=p, headers=PROGRESS_HEADERS)
 
     @app.timer(REFDATA_POLL_S)
     async def poll_refdata() -> None:
@@ -249,13 +335,13 @@ def create_app(
         owned = {
             (tp.topic, tp.partition)
             for tp in app.consumer.assignment()
-            if tp.topic in INPUT_TOPICS or tp.topic == TOPIC_TICKS
+            if tp.topic in WORKER_TOPICS
         }
         # The broker's end offsets, not the consumer's highwater marks: those only move
         # when the consumer fetches the partition, and a partition it no longer fetches
         # would look as if nothing waited on it.
         try:
-            ends = await end_offsets(bootstrap, (*INPUT_TOPICS, TOPIC_TICKS))
+            ends = await end_offsets(bootstrap, WORKER_TOPICS)
         except Exception:
             watchdog.reset(time.monotonic())  # a broker that does not answer is no stall
             return
@@ -265,6 +351,19 @@ def create_app(
             if (tp.topic, tp.partition) in owned
         }
         await check_commits(watchdog, bootstrap, owned_ends)
+
+    if isinstance(store, CallTable):
+
+        @app.timer(PRUNE_EVERY_S)
+        async def prune_triggers() -> None:
+            if app.rebalancing or not runtime.assigned:
+                return
+            try:
+                committed = await committed_offsets(bootstrap, WORKER_GROUP, strict=True)
+            except Exception:
+                return  # the next round
+            for p in runtime.assigned:
+                store.prune(p, committed)
 
     @app.on_rebalance_complete.connect
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
@@ -276,10 +375,22 @@ def create_app(
             [
                 (tp.topic, tp.partition)
                 for tp in app.consumer.assignment()
-                if tp.topic in INPUT_TOPICS or tp.topic == TOPIC_TICKS
+                if tp.topic in WORKER_TOPICS
             ],
         )
-        outcome = runtime.on_assigned(assigned, committed)
+        if isinstance(store, CallTable):
+            # Nothing is read through: the store keeps the index, clocks and triggers.
+            runtime.states.refresh()
+            doubtful = [s for p in sorted(assigned) for s in store.in_doubt(p, committed)]
+            clocks = {p: store.clock(p) for p in assigned}
+            log.info(
+                "table stores: %d changelog records recovered, unusable stores wiped: %s",
+                store.applied,
+                store.problems or "none",
+            )
+            outcome = runtime.reassign(assigned, clocks, doubtful)
+        else:
+            outcome = runtime.on_assigned(assigned, committed)
         if outcome.cdrs or outcome.dead:
             await publish(outcome, None)
             metrics.RESENT.inc(len(outcome.cdrs) + len(outcome.dead))

@@ -50,22 +50,30 @@ from aiokafka.errors import IllegalGenerationError, UnknownMemberIdError
 from pipeline import config, metrics
 from pipeline.core.correlate import CallState, Settings, partition_for
 from pipeline.core.engine import Outcome
+from pipeline.core.events import event_time
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
 from pipeline.kafka.membership import instance_id, leave
 from pipeline.kafka.topics import (
+    CO_PARTITIONED,
     INPUT_TOPICS,
     TOPIC_CDR,
     TOPIC_CHANGELOG,
     TOPIC_DLQ,
+    TOPIC_REPARTITION,
     TOPIC_TICKS,
+    WORKER_TOPICS,
     ensure_topics_async,
 )
 from pipeline.state.checkpointed import Checkpoint, DiskStates, StoreCorrupt, clock_us
 from pipeline.state.slots import claim_slot
+from pipeline.stream.alignment import TimeAlignment
 from pipeline.stream.codec import (
+    PROGRESS_HEADERS,
     cdr_to_bytes,
     dead_letter_headers,
+    is_progress,
+    repartition_headers,
     state_from_changelog,
     state_to_changelog,
 )
@@ -107,7 +115,7 @@ FETCH_MAX_BYTES = 32 * 1024 * 1024  # one fetch response, all partitions togethe
 # aiokafka's default (round robin over all topic-partitions) does not once the worker count
 # does not divide the partition count.
 ASSIGNOR = RangePartitionAssignor
-OWN_TOPICS = (*INPUT_TOPICS, TOPIC_TICKS)  # what a worker consumes, partition by partition
+OWN_TOPICS = WORKER_TOPICS
 COMMIT_TIMEOUT_S = 10.0
 RESEND_CHUNK = 2_000  # states whose outputs are re-sent between two turns of the event loop
 ALIVE_EVERY_S = 5.0  # a long recovery step tells the loop watchdog it is alive this often
@@ -289,15 +297,17 @@ class Outbox:
         key: bytes | None,
         value: bytes | None,
         headers: list[tuple[str, bytes]] | None = None,
+        timestamp: int | None = None,
     ) -> None:
         tp = (topic, partition)
         entry = self.open.get(tp)
         if entry is None:
             entry = self.open[tp] = [self.producer.create_batch(), 0]
-        if entry[0].append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+        headers = headers or []
+        if entry[0].append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
             self.full.append((topic, partition, entry[0], entry[1]))
             entry = self.open[tp] = [self.producer.create_batch(), 0]
-            if entry[0].append(key=key, value=value, timestamp=None, headers=headers or []) is None:
+            if entry[0].append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
                 raise ValueError(f"message of {len(value or b'')} bytes exceeds a batch")
         entry[1] += 1
         self.count += 1
@@ -436,6 +446,14 @@ class BatchWorker:
         await self.producer.start()
         await self.consumer.start()
         self.consumer.subscribe(list(OWN_TOPICS), listener=_Listener(self))
+        self.alignment = TimeAlignment(
+            CO_PARTITIONED,
+            self.consumer.highwater,
+            lambda tp: self.position.get((tp.topic, tp.partition)),
+            self.consumer.pause,
+            lambda *tps: self.consumer.resume(*set(tps) & self.consumer.assignment()),
+            grace=float(config.env("CDRPIPE_ALIGN_GRACE_S", "0.3")),
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop, sig)
@@ -478,6 +496,7 @@ class BatchWorker:
         self.stopping.set()
 
     async def _loop(self) -> None:
+        time_aligned = config.env("CDRPIPE_TIME_ALIGNED", "1") != "0"
         stopping = asyncio.ensure_future(self.stopping.wait())
         while not self.stopping.is_set():
             fetch = asyncio.ensure_future(
@@ -488,6 +507,11 @@ class BatchWorker:
                 fetch.cancel()
                 break
             batch = fetch.result()
+            if time_aligned:
+                ready = self.ready
+                owned = [tp for tp in self.consumer.assignment() if tp.partition in ready]
+                share = max(1, self.max_records // max(1, len(owned)))
+                batch = _in_topic_order(self.alignment.take(batch, owned, share, self.limit))
             if batch:
                 async with self.lock:
                     try:
@@ -496,7 +520,8 @@ class BatchWorker:
                         log.exception("a local state store is corrupt: restarting to rebuild it")
                         restart_in_place()
                 self.gc.after_cycle()
-                self.limit = min(self.max_records, 2 * self.limit)
+                if any(tp.topic in CO_PARTITIONED for tp in batch):  # not for ticks alone
+                    self.limit = min(self.max_records, 2 * self.limit)
             self.alive_at = time.monotonic()
         stopping.cancel()
 
@@ -505,7 +530,8 @@ class BatchWorker:
     async def cycle(self, batch: dict[TopicPartition, list[Any]]) -> None:
         """Process, make durable, commit: see the module docstring."""
         runtime, states = self.runtime, self.states
-        feed = runtime.engine.feed
+        engine = runtime.engine
+        feed, misrouted = engine.feed, runtime.misrouted_many
         outbox = Outbox(self.producer, lambda _: states.current)
         offsets: dict[TopicPartition, int] = {}
         cdrs: list[Any] = []
@@ -530,16 +556,56 @@ class BatchWorker:
                         outbox.add_outcome(outcome)
                         cdrs += outcome.cdrs
                         dead += outcome.dead
-            else:
+            elif topic == TOPIC_REPARTITION:
+                markers = 0
                 for record in records:
-                    outcome = feed(record.value, Source(topic, partition, record.offset), partition)
+                    if is_progress(record.headers):
+                        outcome = runtime.on_progress(record.value, partition, record.offset)
+                        markers += 1
+                    else:
+                        outcome = runtime.on_forwarded(
+                            record.value, partition, record.offset, record.headers
+                        )
                     if outcome.cdrs or outcome.dead:
                         outbox.add_outcome(outcome, record.key)
                         cdrs += outcome.cdrs
                         dead += outcome.dead
+                metrics.EVENTS.labels(topic).inc(len(records) - markers)
+            else:
+                forwarded = 0
+                newest = None  # event time of the messages read, processed or forwarded
+                elsewhere = misrouted([record.value for record in records], partition)
+                for record, canonical in zip(records, elsewhere, strict=True):
+                    value = record.value
+                    source = Source(topic, partition, record.offset)
+                    if canonical is not None:
+                        outbox.add(
+                            TOPIC_REPARTITION, canonical, record.key, value,
+                            repartition_headers(source), record.timestamp,
+                        )  # fmt: skip
+                        forwarded += 1
+                        ts = event_time(value)
+                    else:
+                        outcome = feed(value, source, partition)
+                        if outcome.cdrs or outcome.dead:
+                            outbox.add_outcome(outcome, record.key)
+                            cdrs += outcome.cdrs
+                            dead += outcome.dead
+                        ts = engine.last_ts
+                    if ts is not None and (newest is None or ts > newest):
+                        newest = ts
+                runtime.arrived(topic, partition, newest)
+                if forwarded:
+                    runtime.forwarded(partition)
                 runtime.last_event_wall[partition] = time.monotonic()
-                metrics.EVENTS.labels(topic).inc(len(records))
+                metrics.EVENTS.labels(topic).inc(len(records) - forwarded)  # processed here
+                if forwarded:
+                    metrics.MISROUTED.labels(topic).inc(forwarded)
             offsets[tp] = self.position[(topic, partition)] = records[-1].offset + 1
+        marker = runtime.progress()
+        if marker is not None:  # after this cycle's forwards, in each partition's batch
+            for p in range(self.partitions):
+                outbox.add(TOPIC_REPARTITION, p, None, marker, PROGRESS_HEADERS)
         encoded: dict[str, bytes] = {}  # the changelog's bytes are the stores' too
         for key, partition, state in states.changes():
             value = None
@@ -872,6 +938,7 @@ class _Listener(ConsumerRebalanceListener):
         self.worker.rebalances += 1
         async with self.worker.lock:  # the cycle in progress finishes first
             self.worker.ready = set()
+            self.worker.alignment.forget()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         self.worker.rebalances += 1

@@ -9,6 +9,7 @@ states in the earlier JSON format (each event's original bytes, re-parsed) are s
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -18,7 +19,7 @@ import orjson
 from pipeline.core.correlate import CallState, DeadLetter, Held
 from pipeline.core.events import event_from_dict, parse_ts
 from pipeline.core.model import CDR, Source
-from pipeline.state.codec import decode_state, encode_state
+from pipeline.state.codec import EPOCH, MICROSECOND, decode_state, encode_state
 
 _CDR_FIELDS = tuple(f.name for f in dataclasses.fields(CDR))
 _TIME_FIELDS = frozenset({"start_time", "connect_time", "end_time"})
@@ -121,3 +122,61 @@ def dead_letter_headers(dead: DeadLetter) -> list[tuple[str, bytes]]:
     s = dead.source
     values = (dead.reason, dead.kind, s.topic, str(s.partition), str(s.offset))
     return [(k, v.encode()) for k, v in zip(DLQ_HEADERS, values, strict=True)]
+
+
+# A message forwarded to its call's canonical partition (`pipeline.core.partitioning`) keeps
+# where it was read, for the dead letters it may become.
+REPARTITION_HEADERS = ("source.topic", "source.partition", "source.offset")
+
+
+def repartition_headers(source: Source) -> list[tuple[str, bytes]]:
+    values = (source.topic, str(source.partition), str(source.offset))
+    return [(k, v.encode()) for k, v in zip(REPARTITION_HEADERS, values, strict=True)]
+
+
+PROGRESS_HEADER = "cdrpipe.progress"
+PROGRESS_HEADERS = [(PROGRESS_HEADER, b"1")]
+
+
+def progress_to_bytes(progress: Mapping[int, datetime | None]) -> bytes:
+    """A progress marker of the repartition topic: input partition -> how far in event time
+    its messages are forwarded (µs since the epoch), or None for an idle one."""
+    return orjson.dumps(
+        {str(p): None if t is None else (t - EPOCH) // MICROSECOND for p, t in progress.items()}
+    )
+
+
+def progress_from_bytes(value: bytes) -> dict[int, datetime | None]:
+    return {
+        int(p): None if us is None else EPOCH + MICROSECOND * us
+        for p, us in orjson.loads(value).items()
+    }
+
+
+def _header_pairs(headers: Any) -> Any:
+    """(key, value) pairs of a message's headers, a list of pairs or a mapping as the client
+    gives them."""
+    return headers.items() if hasattr(headers, "items") else headers or ()
+
+
+def is_progress(headers: Any) -> bool:
+    """A progress marker, not a forwarded message (`progress_to_bytes`)."""
+    return any(k == PROGRESS_HEADER for k, _ in _header_pairs(headers))
+
+
+def forwarded_from(headers: Any) -> Source | None:
+    """Where a forwarded message was first read, from its headers (a list of pairs or a
+    mapping, as the client gives them); None if they do not say."""
+    found = {k: v for k, v in _header_pairs(headers) if k in REPARTITION_HEADERS}
+    try:
+        topic, partition, offset = (found[k].decode() for k in REPARTITION_HEADERS)
+        return Source(topic, int(partition), int(offset))
+    except (KeyError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def as_forwarded(dead: list[DeadLetter], here: Source, origin: Source | None) -> list[DeadLetter]:
+    """The dead letters of a forwarded message point at where it was first read."""
+    if origin is None:
+        return dead
+    return [dataclasses.replace(d, source=origin) if d.source == here else d for d in dead]

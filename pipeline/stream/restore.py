@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +31,12 @@ from rocksdict import Cache, WriteBufferManager
 
 from pipeline.core.correlate import CallState, Settings
 from pipeline.kafka.topics import TOPIC_CHANGELOG
-from pipeline.state.checkpointed import WRITE_BUFFERS_TOTAL, PartitionStore, Rebuild
+from pipeline.state.checkpointed import (
+    MAX_STORE_AGE_S,
+    WRITE_BUFFERS_TOTAL,
+    PartitionStore,
+    Rebuild,
+)
 from pipeline.state.rocks import BLOCK_CACHE
 from pipeline.stream.codec import state_from_changelog
 from pipeline.stream.watchdog import TP
@@ -39,9 +44,6 @@ from pipeline.stream.watchdog import TP
 log = logging.getLogger(__name__)
 
 BATCH = 20_000  # records taken from librdkafka at a time
-# Changelog tombstones are kept for a day (the broker's `delete.retention.ms` default): a
-# store whose checkpoint is older may have missed one, and is rebuilt.
-MAX_STORE_AGE_S = 20 * 3600
 APART_FROM = 200_000  # records a store lacks to be caught up in a process of its own
 
 
@@ -59,7 +61,8 @@ class Restored:
     doubtful: list[CallState] = field(default_factory=list)
 
 
-def _consumer(bootstrap: str) -> Consumer:
+def changelog_consumer(bootstrap: str) -> Consumer:
+    """A librdkafka consumer for reading the changelog (assigned, nothing committed)."""
     return Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -76,7 +79,7 @@ def _consumer(bootstrap: str) -> Consumer:
 def records_behind(bootstrap: str, stores: list[PartitionStore]) -> dict[int, int]:
     """Per store's partition, the changelog records it lacks (all, without a usable
     checkpoint)."""
-    consumer = _consumer(bootstrap)
+    consumer = changelog_consumer(bootstrap)
     try:
         behind = {}
         for store in stores:
@@ -128,6 +131,36 @@ def doubt_from(
     return min(marks) if marks else 0
 
 
+def read_changelog(
+    consumer: Consumer, partition: int, first: int, end: int
+) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+    """The changelog partition's records from offset `first` up to `end` (its end when the
+    reading began), as lists of (offset, key, value; None for a tombstone)."""
+    if first >= end:
+        return
+    consumer.assign([RdTopicPartition(TOPIC_CHANGELOG, partition, first)])
+    position = first
+    while position < end:
+        # Never more than the records left: librdkafka waits for the count asked (or the
+        # timeout), and the partition's end is known.
+        messages = consumer.consume(min(BATCH, end - position), 1.0)
+        batch = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    position = end
+                    continue
+                raise KafkaException(error)
+            offset = message.offset()
+            if offset >= end:
+                position = end
+                break
+            position = offset + 1
+            batch.append((offset, message.key(), message.value()))
+        yield batch
+
+
 def catch_up(
     bootstrap: str,
     store: PartitionStore,
@@ -143,7 +176,7 @@ def catch_up(
     started = time.monotonic()
     p = store.partition
     result = Restored(p)
-    consumer = _consumer(bootstrap)
+    consumer = changelog_consumer(bootstrap)
     try:
         begin, end = consumer.get_watermark_offsets(RdTopicPartition(TOPIC_CHANGELOG, p), 10)
         problem = store.check(begin, end, MAX_STORE_AGE_S) or store.problem
@@ -155,33 +188,15 @@ def catch_up(
         first = max(begin, min(start, doubt_at))
         rebuild = Rebuild(store, settings)
         doubtful: dict[bytes, CallState | None] = {}
-        if first < end:
-            consumer.assign([RdTopicPartition(TOPIC_CHANGELOG, p, first)])
-            position = first
-            while position < end:
-                # Never more than the records left: librdkafka waits for the count asked
-                # (or the timeout), and the partition's end is known.
-                messages = consumer.consume(min(BATCH, end - position), 1.0)
-                records = []
-                for message in messages:
-                    error = message.error()
-                    if error is not None:
-                        if error.code() == KafkaError._PARTITION_EOF:
-                            position = end
-                            continue
-                        raise KafkaException(error)
-                    offset = message.offset()
-                    if offset >= end:
-                        position = end
-                        break
-                    position = offset + 1
-                    key, value = message.key(), message.value()
-                    if offset >= start:
-                        records.append((key, value))
-                    if offset >= doubt_at:
-                        doubtful[key] = None if value is None else state_from_changelog(value)
-                    result.read += 1
-                rebuild.apply(records)
+        for batch in read_changelog(consumer, p, first, end):
+            records = []
+            for offset, key, value in batch:
+                if offset >= start:
+                    records.append((key, value))
+                if offset >= doubt_at:
+                    doubtful[key] = None if value is None else state_from_changelog(value)
+            result.read += len(batch)
+            rebuild.apply(records)
         inputs = {t: commits[(t, p)][0] for t in topics if (t, p) in commits}
         rebuild.finish(end, inputs)
         result.applied = rebuild.applied

@@ -10,21 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, MutableMapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from pipeline import config
-from pipeline.core.correlate import CallState, Correlator, Settings, partition_for
+from pipeline.core.correlate import CallState, Correlator, EventClock, Settings, partition_for
 from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
+from pipeline.core.partitioning import CanonicalPartition
 from pipeline.core.refdata import RefDataError, RefDataHolder
+from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_REPARTITION
+from pipeline.stream.codec import (
+    as_forwarded,
+    forwarded_from,
+    progress_from_bytes,
+    progress_to_bytes,
+)
 from pipeline.stream.progress import WORKER_GROUP, committed_offsets, committed_with_metadata
 from pipeline.stream.watchdog import TP, CommitWatchdog
 
@@ -34,6 +44,9 @@ log = logging.getLogger(__name__)
 TICK_INTERVAL_S = 1.0
 REFDATA_POLL_S = 5.0
 WATCHDOG_POLL_S = 10.0
+PROGRESS_EVERY_S = 0.5  # how often a worker tells every partition how far its inputs got
+
+_KIND_OF_TOPIC = {topic: topic.rsplit(".", 1)[1] for topic in INPUT_TOPICS}  # start, connect, end
 
 
 def tick_stamp() -> bytes:
@@ -73,23 +86,107 @@ class WorkerRuntime:
         self.partitions = partitions
         self.idle_after = idle_after
         self.engine = Engine(refdata, states, settings, partitions)
+        self.canonical = CanonicalPartition(partitions)
         self.last_event_wall: dict[int, float] = {}
         self.assigned: set[int] = set()
+        # How far in event time the messages read off each owned input partition got, those
+        # forwarded elsewhere included (`progress`).
+        self.arrivals: dict[int, EventClock] = {}
+        self.forwarded_at: dict[int, float] = {}  # input partition -> when it last forwarded
+        self.reported: dict[int, datetime | None] = {}  # what the last marker said
+        self.progress_at = 0.0
+
+    def misrouted(self, value: bytes, partition: int) -> int | None:
+        """The call's canonical partition if this input message arrived on another one (the
+        worker forwards it there instead of processing it), else None."""
+        canonical = self.canonical(value)
+        return None if canonical is None or canonical == partition else canonical
+
+    def misrouted_many(self, values: list[bytes], partition: int) -> list[int | None]:
+        """`misrouted` of each message read from `partition`, hashed together."""
+        return [None if p == partition else p for p in self.canonical.many(values)]
+
+    def arrived(self, topic: str, partition: int, ts: datetime | None) -> None:
+        """A message of event time `ts` was read off input `topic`'s `partition` (processed
+        here or forwarded); None: it has no valid time."""
+        if ts is not None:
+            clock = self.arrivals.get(partition)
+            if clock is None:
+                clock = self.arrivals[partition] = EventClock()
+            clock.saw(_KIND_OF_TOPIC[topic], ts)
+
+    def forwarded(self, partition: int) -> None:
+        """Messages read off input `partition` were just forwarded to other partitions."""
+        self.forwarded_at[partition] = time.monotonic()
+
+    def progress(self, force: bool = False) -> bytes | None:
+        """A progress marker for every partition of the repartition topic, to follow the
+        messages this worker forwarded (`Correlator.upstream`), at most every
+        `PROGRESS_EVERY_S` unless `force`, while it forwards: for each owned input partition,
+        the watermark of the messages read off it (processed here or forwarded), or None if
+        it forwarded nothing within `idle_after` (nothing of it is on its way). Once this
+        worker forwarded nothing for that long, one last marker of Nones, then silence: no
+        marker traffic while every gateway is on murmur2, or none is sending."""
+        now = time.monotonic()
+        if not force and now - self.progress_at < PROGRESS_EVERY_S:
+            return None
+        report: dict[int, datetime | None] = {}
+        for p in self.assigned:
+            if now - self.forwarded_at.get(p, -math.inf) >= self.idle_after:
+                report[p] = None
+            else:
+                clock = self.arrivals.get(p)
+                if clock is not None and clock.watermark is not None:
+                    report[p] = clock.watermark
+        silent = all(v is None for v in report.values())
+        if silent and all(v is None for v in self.reported.values()):
+            return None  # nothing forwarded since the last marker said so (or ever)
+        self.progress_at = now
+        self.reported = report
+        return progress_to_bytes(report)
+
+    def on_progress(self, value: bytes, partition: int, offset: int) -> Outcome:
+        """A progress marker read off the repartition topic (`progress`)."""
+        trigger = Source(TOPIC_REPARTITION, partition, offset)
+        cdrs: list = []
+        dead: list = []
+        for source, ts in progress_from_bytes(value).items():
+            outcome = self.engine.upstream(partition, source, ts, trigger)
+            cdrs += outcome.cdrs
+            dead += outcome.dead
+        return Outcome(cdrs, dead) if cdrs or dead else Outcome()
+
+    def on_forwarded(self, value: bytes, partition: int, offset: int, headers: Any) -> Outcome:
+        """A message of the repartition topic: processed as any input, and its dead letters
+        point at where it was first read."""
+        here = Source(TOPIC_REPARTITION, partition, offset)
+        self.engine.correlator.expect_upstream(partition, self.partitions)
+        outcome = self.on_message(value, TOPIC_REPARTITION, partition, offset)
+        if outcome.dead:
+            dead = as_forwarded(outcome.dead, here, forwarded_from(headers))
+            outcome = Outcome(outcome.cdrs, dead)
+        return outcome
 
     def on_message(self, value: bytes, topic: str, partition: int, offset: int) -> Outcome:
         self.last_event_wall[partition] = time.monotonic()
         return self.engine.feed(value, Source(topic, partition, offset), partition)
 
     def on_tick(self, partition: int, source: Source | None = None) -> Outcome:
-        """Idle partition: let event time follow the wall clock from its last event."""
+        """Idle partition: let event time follow the wall clock from its last event (that
+        of the partition's calls, and that of the messages read off it)."""
         last = self.last_event_wall.get(partition)
-        watermark = self.engine.correlator.watermark(partition)
-        if last is None or watermark is None:
+        if last is None:
             return Outcome()
         idle = time.monotonic() - last
         if idle < self.idle_after:
             return Outcome()
         self.last_event_wall[partition] = time.monotonic()
+        arrivals = self.arrivals.get(partition)
+        if arrivals is not None and arrivals.watermark is not None:
+            arrivals.raise_to(arrivals.watermark + timedelta(seconds=idle))
+        watermark = self.engine.correlator.watermark(partition)
+        if watermark is None:
+            return Outcome()
         return self.engine.advance(partition, watermark + timedelta(seconds=idle), source)
 
     def on_assigned(

@@ -20,7 +20,7 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.kafka.broker import LocalKafka
 from pipeline.kafka.topics import (
     ALL_TOPICS,
-    INPUT_TOPICS,
+    CO_PARTITIONED,
     TOPIC_START,
     TopicPartitionMismatch,
     delete_topics,
@@ -129,7 +129,8 @@ def test_broker_lifecycle(kafka: LocalKafka) -> None:
     assert value == VALUE
     assert committed == offset + 1
 
-    assert delete_topics(kafka.bootstrap, INPUT_TOPICS) == list(INPUT_TOPICS)
+    # the topics partitioned by call (the inputs and the repartition topic) go together
+    assert delete_topics(kafka.bootstrap, CO_PARTITIONED) == list(CO_PARTITIONED)
     assert ensure_topics(kafka.bootstrap, partitions=PARTITIONS + 1)[TOPIC_START] == PARTITIONS + 1
 
     assert kafka.stop() is True

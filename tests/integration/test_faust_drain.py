@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.demo import Pipeline
-from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_TICKS
+from pipeline.kafka.topics import CO_PARTITIONED, TOPIC_CDR, TOPIC_TICKS
 from pipeline.simulate import SimConfig, generate, produce
 from pipeline.store.client import TABLES, connect
 from pipeline.stream.progress import (
@@ -70,7 +70,7 @@ async def drain(pipeline: Pipeline, bootstrap: str) -> float:
     try:
         lags = await wait_caught_up(
             bootstrap,
-            {WORKER_GROUP: INPUT_TOPICS, SINK_GROUP: (TOPIC_CDR,)},
+            {WORKER_GROUP: CO_PARTITIONED, SINK_GROUP: (TOPIC_CDR,)},
             timeout_s=900,
             settle_s=4,
             check=pipeline.check_alive,

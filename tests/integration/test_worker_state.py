@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -55,6 +56,18 @@ def recoveries(log: str) -> list[tuple[int, str, int]]:
     return [(int(p), how, int(n)) for p, how, n in RECOVERED.findall(log)]
 
 
+def wait_for_recoveries(log: Path, timeout_s: float = 120) -> list[tuple[int, str, int]]:
+    """Wait until a worker's log reports the recovery of the partitions it was given, so
+    that traffic produced next is processed by it, not by the worker it joined."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = recoveries(log.read_text()) if log.exists() else []
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{log.name}: no partition recovered in {timeout_s} s")
+
+
 def pipeline_for(broker, tmp_path: Path, env: dict[str, str] | None = None) -> Pipeline:
     store = f"chdb://{tmp_path / 'stream-store'}"
     base = {
@@ -64,6 +77,14 @@ def pipeline_for(broker, tmp_path: Path, env: dict[str, str] | None = None) -> P
         **(env or {}),
     }
     return Pipeline(broker.bootstrap, store, tmp_path / "logs", 1, base)
+
+
+def restart_worker0(pipeline: Pipeline, tmp_path: Path) -> tuple[int, dict]:
+    """Start worker0 again and wait until everything is stored: where its log stood before
+    the restart, and the lags."""
+    mark = (tmp_path / "logs" / "worker0.log").stat().st_size
+    pipeline.start_worker(0)
+    return mark, pipeline.wait_stored(timeout_s=300, settle_s=4)
 
 
 @pytest.mark.parametrize("point", ["between-cycles", "before-checkpoint", "before-commit"])
@@ -101,9 +122,7 @@ def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
             proc = pipeline.procs["worker0"]
             assert proc.wait(120) == -signal.SIGKILL
             pipeline.procs.pop("worker0")
-        mark = (tmp_path / "logs" / "worker0.log").stat().st_size
-        pipeline.start_worker(0)
-        lags = pipeline.wait_stored(timeout_s=300, settle_s=4)
+        mark, lags = restart_worker0(pipeline, tmp_path)
     finally:
         pipeline.stop()
     assert all(v == 0 for v in lags.values()), lags
@@ -131,6 +150,7 @@ def test_a_partition_moved_away_and_back_is_caught_up_not_rebuilt(broker, tmp_pa
         asyncio.run(produce(traffic.messages[:third], broker.bootstrap))
         pipeline.wait_stored(timeout_s=300)
         pipeline.start_worker(1)
+        wait_for_recoveries(tmp_path / "logs" / "worker1.log")
         asyncio.run(produce(traffic.messages[third : 2 * third], broker.bootstrap))
         pipeline.wait_stored(timeout_s=300, settle_s=4)
         mark = (tmp_path / "logs" / "worker0.log").stat().st_size
@@ -154,5 +174,39 @@ def test_a_partition_moved_away_and_back_is_caught_up_not_rebuilt(broker, tmp_pa
     line = next(line for line in log.splitlines() if RECOVERED.search(line))
     first = datetime.strptime(line.split("]", 1)[0].lstrip("["), "%Y-%m-%d %H:%M:%S,%f")
     assert (first - stopped).total_seconds() < 8, (first, stopped)
+    replay_store, _ = run_replay(tmp_path, traffic)
+    assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
+
+
+TABLE_RECOVERED = re.compile(
+    r"table stores: (\d+) changelog records recovered, unusable stores wiped: (.*)"
+)
+
+
+def test_a_killed_faust_worker_restarts_from_its_table_stores(broker, tmp_path, monkeypatch):
+    """The Faust engine on its local table stores: SIGKILL while it works through traffic;
+    the restarted worker (same host, same data directory) keeps its stores, reads back only
+    the changelog's tail, re-sends the outputs in doubt from the stores' triggers, and the
+    store ends with replay's CDRs."""
+    monkeypatch.setenv("CDRPIPE_WORKER_ENGINE", "faust")
+    traffic = reordered(4000, 43)
+    half = len(traffic.messages) // 2
+    pipeline = pipeline_for(broker, tmp_path, {"CDRPIPE_LOGLEVEL": "info"})
+    pipeline.start()
+    try:
+        asyncio.run(produce(traffic.messages[:half], broker.bootstrap))
+        pipeline.wait_stored(timeout_s=300)
+        asyncio.run(produce(traffic.messages[half:], broker.bootstrap))
+        time.sleep(1.0)  # in the middle of the second half
+        pipeline.stop("worker0", sig=signal.SIGKILL)
+        mark, lags = restart_worker0(pipeline, tmp_path)
+    finally:
+        pipeline.stop()
+    assert all(v == 0 for v in lags.values()), lags
+    log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
+    restart = TABLE_RECOVERED.findall(log)
+    assert restart, log[-3000:]
+    assert all(rebuilt.strip() == "none" for _, rebuilt in restart), restart
+    assert int(restart[0][0]) < len(traffic.messages) // 4, restart  # the tail only
     replay_store, _ = run_replay(tmp_path, traffic)
     assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))

@@ -177,6 +177,43 @@ def test_a_topic_running_ahead_does_not_orphan_calls_whose_start_is_behind():
     assert not any(isinstance(a, DeadLetter) for a in actions)
 
 
+def test_deadlines_wait_for_every_source_partition_forwarding_to_a_partition():
+    """Messages forwarded from other input partitions (`upstream`): the partition's own
+    clock may run ahead of what is still on its way, its deadlines may not."""
+    correlator, _ = run([held("end", "o1", at=0)])
+    correlator.expect_upstream(0, sources=2)  # a forwarded message came
+    assert not any(isinstance(a, DeadLetter) for a in move_to(correlator, 3 * 3600))
+    correlator.upstream(0, 0, T0 + timedelta(hours=3), sources=2)
+    assert correlator.watermark(0) is None  # source 1 has not told yet: nothing is decided
+    # source 1 has forwarded up to 00:30 only: the start of o1 may still come
+    assert correlator.upstream(0, 1, T0 + timedelta(minutes=30), sources=2) == []
+    assert correlator.watermark(0) == T0 + timedelta(minutes=30)
+    run([held("start", "o1", at=600)], correlator)  # it did (forwarded)
+    assert correlator.states["o1"].start is not None
+    assert correlator.states["o1"].orphaned_at is None
+    correlator2, _ = run([held("end", "o2", at=0)])
+    correlator2.upstream(0, 0, T0 + timedelta(hours=3), sources=2)
+    correlator2.upstream(0, 1, T0 + timedelta(minutes=30), sources=2)
+    move_to(correlator2, 3 * 3600)
+    # source 1 reaches 01:00: o2's orphan wait is over on every source
+    actions = correlator2.upstream(0, 1, T0 + timedelta(hours=1), sources=2)
+    dead = [(a.kind, a.call_id) for a in actions if isinstance(a, DeadLetter)]
+    assert dead == [("orphan", "o2")]
+
+
+def test_a_source_with_nothing_on_its_way_holds_nobody_back_and_its_time_never_goes_back():
+    correlator, _ = run([held("end", "o1", at=0)])
+    correlator.upstream(0, 0, T0 + timedelta(hours=3), sources=2)
+    correlator.upstream(0, 1, T0 + timedelta(minutes=10), sources=2)
+    assert not any(isinstance(a, DeadLetter) for a in move_to(correlator, 2 * 3600))
+    dead = [a for a in correlator.upstream(0, 1, None, sources=2) if isinstance(a, DeadLetter)]
+    assert [d.call_id for d in dead] == ["o1"]
+    correlator.upstream(0, 1, T0 + timedelta(hours=2), sources=2)  # forwarding again
+    assert correlator.watermark(0) == T0 + timedelta(hours=2)
+    correlator.upstream(0, 1, T0 + timedelta(hours=1), sources=2)  # a new owner re-reads
+    assert correlator.watermark(0) == T0 + timedelta(hours=2)
+
+
 def test_advance_moves_event_time_without_events():
     correlator, _ = run([held("start", at=0)])
     assert correlator.open_calls() == 1
