@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import random
 import re
 import signal
 import subprocess
@@ -49,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.chaos import free_ports  # noqa: E402
+from pipeline.config import compression  # noqa: E402
 from pipeline.core.correlate import Correlator, make_held, partition_for  # noqa: E402
 from pipeline.core.events import parse_event  # noqa: E402
 from pipeline.core.model import Source  # noqa: E402
@@ -65,6 +67,9 @@ from pipeline.stream.restore import catch_up_apart  # noqa: E402
 
 PARTITIONS = 8
 TEMPLATE_ID = "bench-0000000000"
+TEMPLATE_SOURCE = b"14155550100"
+TEMPLATE_DESTINATION = b"442071234567"
+TEMPLATE_MICROS = b"617855"  # the template's events' microseconds
 
 
 def raw_events(call_id: str, at: datetime) -> list[bytes]:
@@ -74,13 +79,15 @@ def raw_events(call_id: str, at: datetime) -> list[bytes]:
     end["disconnect_initiator"] = "origination"
     out = []
     for j, (kind, extra) in enumerate((("start", start), ("connect", {}), ("end", end))):
-        ts = (at + timedelta(seconds=10 * j)).isoformat().replace("+00:00", "Z")
+        ts = (at + timedelta(seconds=10 * j)).isoformat(timespec="microseconds")
+        ts = ts.replace("+00:00", "Z")
         out.append(orjson.dumps({"event": kind, "id": call_id, "ts": ts, **common, **extra}))
     return out
 
 
 def template_state(at: datetime) -> bytes:
     """The encoded state of one settled call, its id `TEMPLATE_ID` (same length as all)."""
+    at = at.replace(microsecond=int(TEMPLATE_MICROS))
     correlator = Correlator({})
     topics = ("sip.call.start", "sip.call.connect", "sip.call.end")
     for n, (raw, topic) in enumerate(zip(raw_events(TEMPLATE_ID, at), topics, strict=True)):
@@ -88,20 +95,37 @@ def template_state(at: datetime) -> bytes:
     return encode_state(correlator.states[TEMPLATE_ID])
 
 
+def varied(state: bytes, rng: random.Random) -> bytes:
+    """The template's state with its own numbers and event times, so that the changelog
+    compresses as real calls do, not as a million copies of one."""
+    digits = f"{rng.randrange(10**10):010d}".encode()
+    micros = f"{rng.randrange(10**6):06d}".encode()
+    return (
+        state.replace(TEMPLATE_SOURCE, TEMPLATE_SOURCE[:1] + digits)
+        .replace(TEMPLATE_DESTINATION, TEMPLATE_DESTINATION[:2] + digits[::-1])
+        .replace(TEMPLATE_MICROS, micros)
+    )
+
+
 async def fill(bootstrap: str, calls: int, input_offset: int = 0) -> float:
     started = time.monotonic()
     template = template_state(datetime.now(UTC) - timedelta(hours=2))
     old = TEMPLATE_ID.encode()
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=1 << 20
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=1 << 20,
+        compression_type=compression(),  # as the workers write it
     )
     await producer.start()
+    rng = random.Random(calls)
     try:
         pending = []
         for i in range(calls):
             call_id = f"bench-{i:010d}"
             key = call_id.encode()
-            value = template.replace(old, key)
+            value = varied(template.replace(old, key), rng)
             p = partition_for(call_id, PARTITIONS)
             pending.append(await producer.send(TOPIC_CHANGELOG, value, key=key, partition=p))
             if len(pending) >= 50_000:

@@ -63,3 +63,18 @@ def worker_state() -> str:
 def worker_engine() -> str:
     """`batch` (default) or `faust`: which implementation `cdrpipe worker` runs."""
     return env("CDRPIPE_WORKER_ENGINE", "batch")
+
+
+COMPRESSIONS = ("lz4", "gzip", "none")
+
+
+def compression() -> str | None:
+    """How the workers compress what they produce (`CDRPIPE_COMPRESSION`: `lz4`, the
+    default, `gzip` or `none`). The changelog carries every call's raw events; compressed,
+    the broker serves a rebuilding worker a fraction of the bytes (lz4 costs the producer
+    little and librdkafka decompresses in its own threads)."""
+    value = env("CDRPIPE_COMPRESSION", "lz4")
+    if value not in COMPRESSIONS:
+        expected = ", ".join(COMPRESSIONS)
+        raise ValueError(f"CDRPIPE_COMPRESSION={value!r}: expected one of {expected}")
+    return None if value == "none" else value

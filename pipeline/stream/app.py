@@ -180,6 +180,7 @@ def create_app(
         # producer batch them instead of one produce request per message.
         producer_linger=0.005,
         producer_max_batch_size=256 * 1024,
+        producer_compression_type=config.compression(),
         # A worker that died (SIGKILL, lost host) holds its partitions until the group
         # notices: 10 s instead of Faust's 60 s bounds how long those calls stall.
         broker_session_timeout=10.0,

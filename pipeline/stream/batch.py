@@ -411,6 +411,7 @@ class BatchWorker:
             linger_ms=5,
             max_batch_size=512 * 1024,
             max_request_size=8 * 1024 * 1024,
+            compression_type=config.compression(),
             request_timeout_ms=30_000,
         )
         session_s = float(
