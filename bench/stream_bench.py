@@ -33,6 +33,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from pipeline.config import COMPRESSIONS  # noqa: E402
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
 from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR, TOPIC_REPARTITION, ensure_topics
@@ -230,6 +231,7 @@ def measure(
     warmup_calls: int,
     partitioner: str = "murmur2",
     aligned: bool = True,
+    compression: str = "lz4",
 ) -> dict:
     port, cport = free_port(), free_port()
     tag = f"{engine}-{state}-{workers}-{time.monotonic_ns()}"
@@ -240,6 +242,8 @@ def measure(
         result["engine"] += f", {partitioner} producers"
     if not aligned:
         result["engine"] += ", inputs not time-aligned"
+    if compression != "lz4":
+        result["engine"] += f", outputs compressed: {compression}"
     result["workers"] = workers
     try:
         ensure_topics(kafka.bootstrap, 8)
@@ -255,6 +259,7 @@ def measure(
                 "CDRPIPE_WORKER_ENGINE": engine,
                 "CDRPIPE_WORKER_STATE": state,
                 "CDRPIPE_TIME_ALIGNED": "1" if aligned else "0",
+                "CDRPIPE_COMPRESSION": compression,
             },
         )
         warm_up(kafka, pipeline, warmup_calls, start)
@@ -347,6 +352,13 @@ def main() -> None:
         choices=["on", "off"],
         help="batch workers process a partition's inputs in time order (off: as fetched)",
     )
+    parser.add_argument(
+        "--compression",
+        nargs="+",
+        default=["lz4"],
+        choices=list(COMPRESSIONS),
+        help="how the workers compress what they produce (CDRPIPE_COMPRESSION)",
+    )
     parser.add_argument("--latency-calls", type=int, default=3000)
     parser.add_argument(
         "--rate",
@@ -369,15 +381,16 @@ def main() -> None:
         f"| pipeline drain (ev/s) | ratio | CDR records per call | {rates} |"
     )
     runs = [
-        (engine, state, w, partitioner, alignment == "on")
+        (engine, state, w, partitioner, alignment == "on", compression)
         for _ in range(args.rounds)
         for engine in args.engines
         for state in (args.states if engine == "batch" else ["memory"])
         for w in args.workers
         for partitioner in args.partitioners
         for alignment in (args.alignment if engine == "batch" else ["on"])
+        for compression in args.compression
     ]
-    for engine, state, w, partitioner, aligned in runs:
+    for engine, state, w, partitioner, aligned, compression in runs:
         r = measure(
             engine,
             state,
@@ -389,6 +402,7 @@ def main() -> None:
             args.warmup_calls,
             partitioner,
             aligned,
+            compression,
         )
         lats = " | ".join(
             f"{p50:.2f} / {p99:.2f} (n={n}, sent at {achieved:,.0f}/s)"
