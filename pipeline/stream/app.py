@@ -32,6 +32,7 @@ from pipeline.core.engine import Outcome
 from pipeline.core.events import event_time
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
+from pipeline.kafka.membership import instance_id
 from pipeline.kafka.topics import (
     CHANGELOG_CONFIG,
     INPUT_TOPICS,
@@ -67,6 +68,7 @@ from pipeline.stream.runtime import (
     tick_stamp,
     wait_for_broker,
 )
+from pipeline.stream.transport import SCHEME as STATIC_SCHEME
 from pipeline.stream.watchdog import CommitFence, CommitWatchdog
 
 log = logging.getLogger(__name__)
@@ -163,13 +165,19 @@ def create_app(
     # (the table's RocksDB files allow one process).
     slot = claim_slot(config.data_dir() / "faust" / name)
     datadir = slot.path
+    store_url = table_store or config.env("CDRPIPE_TABLE_STORE", f"{SCHEME}://")
+    # With the table in local stores, a static member: a restarted worker gets its
+    # partitions (and their stores) back at once instead of after the session timeout.
+    static = store_url.startswith(f"{SCHEME}://")
     app = faust.App(
         WORKER_GROUP,
         # Every topic, including the table's changelog, carries our own bytes: no JSON codec.
         key_serializer="raw",
         value_serializer="raw",
         broker=f"kafka://{bootstrap}",
-        store=table_store or config.env("CDRPIPE_TABLE_STORE", f"{SCHEME}://"),
+        broker_consumer=f"{STATIC_SCHEME if static else 'kafka'}://{bootstrap}",
+        consumer_group_instance_id=instance_id(f"faust-{name}", slot.index) if static else None,
+        store=store_url,
         datadir=str(datadir),
         topic_partitions=partitions,
         topic_replication_factor=1,

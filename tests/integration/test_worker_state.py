@@ -199,6 +199,7 @@ def test_a_killed_faust_worker_restarts_from_its_table_stores(broker, tmp_path, 
         asyncio.run(produce(traffic.messages[half:], broker.bootstrap))
         time.sleep(1.0)  # in the middle of the second half
         pipeline.stop("worker0", sig=signal.SIGKILL)
+        relaunched = datetime.now()
         mark, lags = restart_worker0(pipeline, tmp_path)
     finally:
         pipeline.stop()
@@ -206,7 +207,53 @@ def test_a_killed_faust_worker_restarts_from_its_table_stores(broker, tmp_path, 
     log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
     restart = TABLE_RECOVERED.findall(log)
     assert restart, log[-3000:]
+    # a static member: the group handed the restarted worker its partitions at once, not
+    # after the killed one's session timed out (10 s)
+    line = next(line for line in log.splitlines() if TABLE_RECOVERED.search(line))
+    recovered = datetime.strptime(line.split("]", 1)[0].lstrip("["), "%Y-%m-%d %H:%M:%S,%f")
+    assert (recovered - relaunched).total_seconds() < 8, (recovered, relaunched)
     assert all(rebuilt.strip() == "none" for _, rebuilt in restart), restart
     assert int(restart[0][0]) < len(traffic.messages) // 4, restart  # the tail only
+    replay_store, _ = run_replay(tmp_path, traffic)
+    assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
+
+
+def test_a_faust_worker_stopped_on_purpose_hands_its_partitions_over_at_once(
+    broker, tmp_path, monkeypatch
+):
+    """A static member does not leave the group by itself when it closes: the Faust worker
+    sends the leave, so the other worker gets its partitions back well before the stopped
+    one's session would have timed out (10 s)."""
+    monkeypatch.setenv("CDRPIPE_WORKER_ENGINE", "faust")
+    traffic = reordered(2000, 47)
+    half = len(traffic.messages) // 2
+    pipeline = pipeline_for(broker, tmp_path, {"CDRPIPE_LOGLEVEL": "info"})
+    pipeline.start()
+    log0, log1 = (tmp_path / "logs" / f"worker{i}.log" for i in (0, 1))
+    try:
+        asyncio.run(produce(traffic.messages[:half], broker.bootstrap))
+        pipeline.wait_stored(timeout_s=300)
+        pipeline.start_worker(1)
+        deadline = time.monotonic() + 120
+        while not (log1.exists() and TABLE_RECOVERED.search(log1.read_text())):
+            assert time.monotonic() < deadline, "worker1 got no partitions"
+            time.sleep(0.2)
+        mark = log0.stat().st_size
+        stopped = datetime.now()
+        pipeline.stop("worker1")
+        deadline = time.monotonic() + 60
+        while not TABLE_RECOVERED.search(log0.read_bytes()[mark:].decode()):
+            assert time.monotonic() < deadline, "worker0 got nothing back"
+            time.sleep(0.2)
+        asyncio.run(produce(traffic.messages[half:], broker.bootstrap))
+        lags = pipeline.wait_stored(timeout_s=300, settle_s=4)
+    finally:
+        pipeline.stop()
+    assert all(v == 0 for v in lags.values()), lags
+    assert "leaving the group" not in log1.read_text()  # no failed leave
+    log = log0.read_bytes()[mark:].decode()
+    line = next(line for line in log.splitlines() if TABLE_RECOVERED.search(line))
+    back = datetime.strptime(line.split("]", 1)[0].lstrip("["), "%Y-%m-%d %H:%M:%S,%f")
+    assert (back - stopped).total_seconds() < 8, (back, stopped)
     replay_store, _ = run_replay(tmp_path, traffic)
     assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
