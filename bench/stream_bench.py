@@ -231,7 +231,7 @@ def measure(
     warmup_calls: int,
     partitioner: str = "murmur2",
     aligned: bool = True,
-    compression: str = "lz4",
+    compression: str = "zstd",
 ) -> dict:
     port, cport = free_port(), free_port()
     tag = f"{engine}-{state}-{workers}-{time.monotonic_ns()}"
@@ -242,7 +242,7 @@ def measure(
         result["engine"] += f", {partitioner} producers"
     if not aligned:
         result["engine"] += ", inputs not time-aligned"
-    if compression != "lz4":
+    if compression != "zstd":
         result["engine"] += f", outputs compressed: {compression}"
     result["workers"] = workers
     try:
@@ -355,7 +355,7 @@ def main() -> None:
     parser.add_argument(
         "--compression",
         nargs="+",
-        default=["lz4"],
+        default=["zstd"],
         choices=list(COMPRESSIONS),
         help="how the workers compress what they produce (CDRPIPE_COMPRESSION)",
     )
