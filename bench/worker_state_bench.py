@@ -318,10 +318,10 @@ def measure(calls: int, rate: float, tmp: Path, engine: str) -> dict[str, float]
         time.sleep(20)  # steady state with the calls coming in
         out["worker_rss"], out["worker_peak_rss"] = rss(worker.pid)
         out["worker_up_s"] = time.monotonic() - launched
-        before = committed_total(kafka.bootstrap)
         mark = log.stat().st_size
         worker.send_signal(signal.SIGKILL)
         worker.wait()
+        before = committed_total(kafka.bootstrap)  # after the kill: its last commit included
         worker = launch(env, log)
         out["restart_first_commit_s"] = wait_commit_beyond(kafka.bootstrap, before, 600)
         rebuilt, caught = recovered(log, mark)

@@ -624,8 +624,16 @@ class BatchWorker:
         if isinstance(states, DiskStates):
             # Each commit carries the changelog offset this cycle's records end at: where
             # the records of cycles not (yet) committed begin (`pipeline.stream.restore`).
+            # Every input topic of a partition carries it, also those without messages this
+            # cycle (at their position): the mark of a topic idle for hours would make a
+            # restart read everything written since.
             marks = self._checkpoint(states, offsets, ends, encoded)
-            commit = {tp: (o, str(marks[tp.partition])) for tp, o in offsets.items()}
+            commit = {
+                TopicPartition(t, p): (self.position[(t, p)], str(mark))
+                for p, mark in marks.items()
+                for t in OWN_TOPICS
+                if (t, p) in self.position
+            }
         if commit:
             # Bounded: a commit waits for the group coordinator, and after a broker restart the
             # coordinator's rebalance may be waiting for this very cycle (the lock). Everything

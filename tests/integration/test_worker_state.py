@@ -22,7 +22,7 @@ from .test_stream import CONFIG, assert_same_cdrs, reordered, run_replay
 RECOVERED = re.compile(r"partition (\d+): (rebuilt from|caught up with) (\d+) changelog records")
 
 # Loaded by the worker processes of a test (PYTHONPATH): kills the worker with SIGKILL at a
-# given point of its `CDRPIPE_TEST_KILL_CYCLE`-th cycle that wrote its stores.
+# given point of its `CDRPIPE_TEST_KILL_CYCLE`-th cycle that changed call states.
 KILLER = """
 import os, signal
 from pipeline.state import checkpointed
@@ -32,9 +32,10 @@ _seen = [0]
 
 
 def flush(self, *args, **kwargs):
-    _seen[0] += 1
+    writes = bool(self.dirty)  # a cycle that changed states (others only checkpoint)
+    _seen[0] += writes
     point = os.environ.get("CDRPIPE_TEST_KILL")
-    due = _seen[0] == int(os.environ.get("CDRPIPE_TEST_KILL_CYCLE", "0"))
+    due = writes and _seen[0] == int(os.environ.get("CDRPIPE_TEST_KILL_CYCLE", "0"))
     if due and point == "before-checkpoint":  # the changelog has the cycle, the store not
         os.kill(os.getpid(), signal.SIGKILL)
     _flush(self, *args, **kwargs)
@@ -105,7 +106,7 @@ def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
         env = {
             "PYTHONPATH": f"{hooks}:{root}",
             "CDRPIPE_TEST_KILL": point,
-            "CDRPIPE_TEST_KILL_CYCLE": "4",
+            "CDRPIPE_TEST_KILL_CYCLE": "2",
         }
     pipeline = pipeline_for(broker, tmp_path)
     pipeline.start()
@@ -117,7 +118,7 @@ def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
             asyncio.run(produce(traffic.messages[half:], broker.bootstrap))
         else:
             pipeline.stop("worker0")
-            pipeline.start_worker(0, env=env)  # dies in its 4th cycle that writes
+            pipeline.start_worker(0, env=env)  # dies in its 2nd cycle that changes states
             asyncio.run(produce(traffic.messages[half:], broker.bootstrap))
             proc = pipeline.procs["worker0"]
             assert proc.wait(120) == -signal.SIGKILL
@@ -134,6 +135,37 @@ def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
     assert read < len(traffic.messages) // 4, restart  # the tail, not the changelog
     if point == "before-checkpoint":
         assert read > 0  # the records of the cycle the stores never got
+    replay_store, _ = run_replay(tmp_path, traffic)
+    assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
+
+
+def test_a_restart_reads_a_cycle_even_after_some_input_topics_were_idle(broker, tmp_path):
+    """Calls start while no connect or end arrives for a while (their topics idle), then the
+    worker is killed: each cycle's commit carries its changelog mark for every input topic of
+    a partition it processed, not only for those that had messages, so the restart reads a
+    cycle or two, not every record written since the idle topics last had a message."""
+    traffic = reordered(3000, 53)
+    first = {m.key for m in traffic.messages[: len(traffic.messages) // 2]}
+    done = [m for m in traffic.messages if m.key in first]
+    starts = [m for m in traffic.messages if m.key not in first and m.topic == "sip.call.start"]
+    rest = [m for m in traffic.messages if m.key not in first and m.topic != "sip.call.start"]
+    pipeline = pipeline_for(broker, tmp_path)
+    pipeline.start()
+    try:
+        asyncio.run(produce(done, broker.bootstrap))
+        pipeline.wait_stored(timeout_s=300)
+        asyncio.run(produce(starts, broker.bootstrap))
+        pipeline.wait_stored(timeout_s=300, settle_s=4)
+        pipeline.stop("worker0", sig=signal.SIGKILL)
+        asyncio.run(produce(rest, broker.bootstrap))
+        mark, lags = restart_worker0(pipeline, tmp_path)
+    finally:
+        pipeline.stop()
+    assert all(v == 0 for v in lags.values()), lags
+    log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
+    restart = recoveries(log)
+    assert {how for _, how, _ in restart} == {"caught up with"}, restart
+    assert sum(n for _, _, n in restart) < len(starts) // 4, restart
     replay_store, _ = run_replay(tmp_path, traffic)
     assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
 
