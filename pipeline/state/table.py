@@ -59,7 +59,7 @@ from pipeline.state.rocks import (
     deadline_prefix,
     open_db,
 )
-from pipeline.stream.restore import changelog_consumer, read_changelog
+from pipeline.stream.restore import changelog_consumer, read_changelog, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +283,7 @@ class CallTable(faust_rocksdb.Store):
                 )
         finally:
             consumer.close()
+            trim_heap()
 
     # -- reads -------------------------------------------------------------------------------
 
