@@ -275,6 +275,7 @@ class CallTable(faust_rocksdb.Store):
                 if n:
                     self.set_persisted_offset(tp, end - 1)
                     self.applied += n
+                    trim_heap()
                 log.info(
                     "table store of partition %d: caught up with %d changelog records in %.1f s",
                     p,
@@ -283,7 +284,6 @@ class CallTable(faust_rocksdb.Store):
                 )
         finally:
             consumer.close()
-            trim_heap()
 
     # -- reads -------------------------------------------------------------------------------
 

@@ -84,7 +84,6 @@ from pipeline.stream.restore import (
     catch_up,
     catch_up_apart,
     records_behind,
-    trim_heap,
 )
 from pipeline.stream.runtime import (
     REFDATA_POLL_S,
@@ -779,8 +778,6 @@ class BatchWorker:
             metrics.STATE_RECOVERED.labels("rebuild" if done.rebuilt else "checkpoint").inc(
                 done.applied
             )
-        if new:
-            trim_heap()
         return doubtful
 
     async def _catch_up_apart(

@@ -223,5 +223,6 @@ def catch_up(
                 result.doubtful.append(state)  # type: ignore[arg-type]
     finally:
         consumer.close()
+        trim_heap()  # per partition: the RSS peaks at one partition's catch-up, not all
     result.seconds = time.monotonic() - started
     return result
