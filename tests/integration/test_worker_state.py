@@ -88,6 +88,17 @@ def restart_worker0(pipeline: Pipeline, tmp_path: Path) -> tuple[int, dict]:
     return mark, pipeline.wait_stored(timeout_s=300, settle_s=4)
 
 
+def caught_up(tmp_path: Path, mark: int, lags: dict) -> list[tuple[int, str, int]]:
+    """After a restart of worker0 that caught everything up: its recoveries since `mark`
+    (its log's size before the restart), every one from the local stores' checkpoints."""
+    assert all(v == 0 for v in lags.values()), lags
+    log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
+    restart = recoveries(log)
+    assert restart, log[-3000:]
+    assert {how for _, how, _ in restart} == {"caught up with"}, restart
+    return restart
+
+
 @pytest.mark.parametrize("point", ["between-cycles", "before-checkpoint", "before-commit"])
 def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
     """SIGKILL between two cycles, after a cycle's outputs and changelog records were
@@ -126,11 +137,8 @@ def test_a_killed_worker_restarts_from_its_checkpoint(broker, tmp_path, point):
         mark, lags = restart_worker0(pipeline, tmp_path)
     finally:
         pipeline.stop()
-    assert all(v == 0 for v in lags.values()), lags
-    log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
-    restart = recoveries(log)
-    assert sorted(p for p, _, _ in restart) == list(range(8)), log[-3000:]
-    assert {how for _, how, _ in restart} == {"caught up with"}, restart
+    restart = caught_up(tmp_path, mark, lags)
+    assert sorted(p for p, _, _ in restart) == list(range(8)), restart
     read = sum(n for _, _, n in restart)
     assert read < len(traffic.messages) // 4, restart  # the tail, not the changelog
     if point == "before-checkpoint":
@@ -161,10 +169,7 @@ def test_a_restart_reads_a_cycle_even_after_some_input_topics_were_idle(broker, 
         mark, lags = restart_worker0(pipeline, tmp_path)
     finally:
         pipeline.stop()
-    assert all(v == 0 for v in lags.values()), lags
-    log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
-    restart = recoveries(log)
-    assert {how for _, how, _ in restart} == {"caught up with"}, restart
+    restart = caught_up(tmp_path, mark, lags)
     assert sum(n for _, _, n in restart) < len(starts) // 4, restart
     replay_store, _ = run_replay(tmp_path, traffic)
     assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
@@ -210,6 +215,10 @@ def test_a_partition_moved_away_and_back_is_caught_up_not_rebuilt(broker, tmp_pa
     assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
 
 
+# Faust workers whose dead members the group would keep for 30 s: a partition back well
+# before that was handed over, not waited for (whatever a loaded machine's start-up takes).
+SLOW_SESSION = {"CDRPIPE_LOGLEVEL": "info", "CDRPIPE_SESSION_TIMEOUT_S": "30"}
+
 TABLE_RECOVERED = re.compile(
     r"table stores: (\d+) changelog records recovered, unusable stores wiped: (.*)"
 )
@@ -223,7 +232,7 @@ def test_a_killed_faust_worker_restarts_from_its_table_stores(broker, tmp_path, 
     monkeypatch.setenv("CDRPIPE_WORKER_ENGINE", "faust")
     traffic = reordered(4000, 43)
     half = len(traffic.messages) // 2
-    pipeline = pipeline_for(broker, tmp_path, {"CDRPIPE_LOGLEVEL": "info"})
+    pipeline = pipeline_for(broker, tmp_path, SLOW_SESSION)
     pipeline.start()
     try:
         asyncio.run(produce(traffic.messages[:half], broker.bootstrap))
@@ -239,11 +248,11 @@ def test_a_killed_faust_worker_restarts_from_its_table_stores(broker, tmp_path, 
     log = (tmp_path / "logs" / "worker0.log").read_bytes()[mark:].decode()
     restart = TABLE_RECOVERED.findall(log)
     assert restart, log[-3000:]
-    # a static member: the group handed the restarted worker its partitions at once, not
-    # after the killed one's session timed out (10 s)
+    # a static member: the group handed the restarted worker its partitions once it
+    # started, not after the killed one's session timed out
     line = next(line for line in log.splitlines() if TABLE_RECOVERED.search(line))
     recovered = datetime.strptime(line.split("]", 1)[0].lstrip("["), "%Y-%m-%d %H:%M:%S,%f")
-    assert (recovered - relaunched).total_seconds() < 8, (recovered, relaunched)
+    assert (recovered - relaunched).total_seconds() < 20, (recovered, relaunched)
     assert all(rebuilt.strip() == "none" for _, rebuilt in restart), restart
     assert int(restart[0][0]) < len(traffic.messages) // 4, restart  # the tail only
     replay_store, _ = run_replay(tmp_path, traffic)
@@ -255,11 +264,11 @@ def test_a_faust_worker_stopped_on_purpose_hands_its_partitions_over_at_once(
 ):
     """A static member does not leave the group by itself when it closes: the Faust worker
     sends the leave, so the other worker gets its partitions back well before the stopped
-    one's session would have timed out (10 s)."""
+    one's session would have timed out."""
     monkeypatch.setenv("CDRPIPE_WORKER_ENGINE", "faust")
     traffic = reordered(2000, 47)
     half = len(traffic.messages) // 2
-    pipeline = pipeline_for(broker, tmp_path, {"CDRPIPE_LOGLEVEL": "info"})
+    pipeline = pipeline_for(broker, tmp_path, SLOW_SESSION)
     pipeline.start()
     log0, log1 = (tmp_path / "logs" / f"worker{i}.log" for i in (0, 1))
     try:
@@ -286,6 +295,6 @@ def test_a_faust_worker_stopped_on_purpose_hands_its_partitions_over_at_once(
     log = log0.read_bytes()[mark:].decode()
     line = next(line for line in log.splitlines() if TABLE_RECOVERED.search(line))
     back = datetime.strptime(line.split("]", 1)[0].lstrip("["), "%Y-%m-%d %H:%M:%S,%f")
-    assert (back - stopped).total_seconds() < 8, (back, stopped)
+    assert (back - stopped).total_seconds() < 20, (back, stopped)
     replay_store, _ = run_replay(tmp_path, traffic)
     assert_same_cdrs(dump_store(pipeline.store), dump_store(replay_store))
