@@ -71,8 +71,8 @@ COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
 def compression() -> str | None:
     """How the workers compress what they produce (`CDRPIPE_COMPRESSION`: `zstd`, the
     default, `lz4`, `gzip` or `none`). The changelog carries every call's raw events;
-    compressed, the broker serves a rebuilding worker a fraction of the bytes, and librdkafka
-    decompresses in its own threads. zstd, because aiokafka compresses lz4 at level 9 (its
+    compressed, it takes a fraction of the broker's disk and of the network a rebuilding
+    worker reads it over. zstd, because aiokafka compresses lz4 at level 9 (its
     high-compression mode), several times slower for a worse ratio."""
     value = env("CDRPIPE_COMPRESSION", "zstd")
     if value not in COMPRESSIONS:
