@@ -65,6 +65,14 @@ def worker_engine() -> str:
     return env("CDRPIPE_WORKER_ENGINE", "batch")
 
 
+def session_timeout(local_state: bool) -> float:
+    """Seconds the group waits for a silent worker (`CDRPIPE_SESSION_TIMEOUT_S`): 10 with
+    local state stores and for the Faust engine (a restarted worker on local stores rejoins
+    as a static member and does not wait for it); 20 with the batch worker's states in
+    memory, whose long recoveries kept a busy box from heartbeating in time at 10."""
+    return float(env("CDRPIPE_SESSION_TIMEOUT_S", "10" if local_state else "20"))
+
+
 COMPRESSIONS = ("zstd", "lz4", "gzip", "none")
 
 

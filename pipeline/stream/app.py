@@ -191,7 +191,7 @@ def create_app(
         producer_compression_type=config.compression(),
         # A worker that died (SIGKILL, lost host) holds its partitions until the group
         # notices: 10 s instead of Faust's 60 s bounds how long those calls stall.
-        broker_session_timeout=float(config.env("CDRPIPE_SESSION_TIMEOUT_S", "10")),
+        broker_session_timeout=config.session_timeout(True),
         broker_heartbeat_interval=2.0,
         broker_commit_every=5000,
         broker_commit_interval=1.0,

@@ -414,9 +414,7 @@ class BatchWorker:
             compression_type=config.compression(),
             request_timeout_ms=30_000,
         )
-        session_s = float(
-            config.env("CDRPIPE_SESSION_TIMEOUT_S", "20" if self.state_dir is None else "10")
-        )
+        session_s = config.session_timeout(self.state_dir is not None)
         # With local stores, a static member: a restarted worker gets its partitions (and
         # their stores) back at once instead of after the session timeout (`membership`).
         self.instance = None

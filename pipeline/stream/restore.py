@@ -200,12 +200,6 @@ def catch_up(
         rebuild = Rebuild(store, settings)
         doubtful: dict[bytes, CallState | None] = {}
         for batch in read_changelog(consumer, p, first, end):
-            if not batch:
-                continue
-            if batch[0][0] >= start and batch[-1][0] < doubt_at:  # a rebuild's every batch
-                result.read += len(batch)
-                rebuild.apply([(key, value) for _, key, value in batch])
-                continue
             records = []
             for offset, key, value in batch:
                 if offset >= start:
