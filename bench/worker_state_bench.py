@@ -18,6 +18,12 @@ Per N, on a fresh broker (8 partitions):
    while the calls keep coming: seconds from the relaunch to its first commit (the group's
    committed offsets move), and what its log says it read of the changelog.
 
+With `--ab REV` only steps 1 and 2 run, step 2 `--rounds` times alternately with the code of
+git revision REV (a temporary worktree, compiled) and the working tree's: the rebuild rate A/B
+in one run, on the same changelog.
+
+    python bench/worker_state_bench.py --calls 1000000 --ab HEAD --rounds 3
+
 With `--engine faust` step 2 is skipped: the Faust worker's own recovery rebuilds its table
 stores in step 3 (its log says how many records it applied).
 
@@ -33,6 +39,7 @@ import multiprocessing
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -280,6 +287,41 @@ def recovered(log: Path, since: int) -> tuple[int, int]:
     return rebuilt, caught
 
 
+REBUILD_SIDE = """
+import sys
+from pathlib import Path
+import orjson
+sys.path.insert(0, sys.argv[3])
+from worker_state_bench import du, rebuild
+applied, seconds, disk = rebuild(sys.argv[1], Path(sys.argv[2]))
+print(orjson.dumps({"states_per_s": round(applied / seconds), "seconds": round(seconds, 2),
+                    "store_bytes_per_call": round(disk / applied, 1)}).decode())
+"""
+
+
+def rebuild_ab(calls: int, base_rev: str, rounds: int, tmp: Path) -> None:
+    """Step 2 alternately with the code of `base_rev` and the working tree's, on one fill."""
+    from ab import base_worktree, run_side
+
+    port, controller = free_ports(2)
+    kafka = LocalKafka(data_dir=tmp / "kafka", port=port, controller_port=controller)
+    kafka.start()
+    try:
+        ensure_topics(kafka.bootstrap, PARTITIONS)
+        asyncio.run(fill(kafka.bootstrap, calls))
+        with base_worktree(base_rev, tmp, compiled=True) as base:
+            print(f"rebuild of {calls:,} states: {base_rev} (base) vs the working tree (new)")
+            for n in range(1, rounds + 1):
+                for name, code in (("base", base), ("new", ROOT)):
+                    stores = tmp / f"stores-{name}-{n}"
+                    argv = [sys.executable, "-c", REBUILD_SIDE, kafka.bootstrap, str(stores)]
+                    out = run_side(code, [*argv, str(code / "bench")], tmp, pure=False)
+                    print(f"round {n}, {name}: {out}", flush=True)
+                    shutil.rmtree(stores, ignore_errors=True)
+    finally:
+        kafka.stop(timeout=30)
+
+
 def measure(calls: int, rate: float, tmp: Path, engine: str) -> dict[str, float]:
     port, controller = free_ports(2)
     kafka = LocalKafka(data_dir=tmp / "kafka", port=port, controller_port=controller)
@@ -348,7 +390,14 @@ def main() -> None:
     parser.add_argument("--calls", type=int, nargs="+", default=[1_000_000])
     parser.add_argument("--rate", type=float, default=100.0, help="new calls a second")
     parser.add_argument("--engine", choices=["batch", "faust"], default="batch")
+    parser.add_argument("--ab", metavar="REV", help="only the rebuild, A/B against REV")
+    parser.add_argument("--rounds", type=int, default=3, help="A/B rounds (with --ab)")
     args = parser.parse_args()
+    if args.ab:
+        for calls in args.calls:
+            with tempfile.TemporaryDirectory(prefix="cdrpipe-wsb-") as tmp:
+                rebuild_ab(calls, args.ab, args.rounds, Path(tmp))
+        return
     results = []
     for calls in args.calls:
         with tempfile.TemporaryDirectory(prefix="cdrpipe-wsb-") as tmp:

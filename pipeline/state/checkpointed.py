@@ -248,11 +248,13 @@ class Rebuild:
         self.applied = 0
 
     def apply(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
-        # Locals for speed: this runs once per record of a rebuild. The store's writes skip
-        # the log meanwhile (preset: cheaper than passing options to every call).
+        # Locals for speed: this runs once per record of a rebuild. The records go in one
+        # batch (a put of its own per key costs RocksDB a write of its own: ~1 µs more a
+        # record), written past the log (preset: cheaper than options with every write).
         db = self.store.db
         db.set_write_options(NO_WAL)
-        put, delete = db.put, db.delete
+        batch = WriteBatch(raw_mode=True)
+        put, delete = batch.put, batch.delete
         opened, settings, memory_us = self.opened, self.settings, self.memory_us
         prefix = self.prefix
         first, second, third = (-1 if t is None else t for t in self.newest)
@@ -277,6 +279,8 @@ class Rebuild:
                 second = connect
             if end is not None and end > third:
                 third = end
+        if n:
+            db.write(batch)
         self.newest = [None if t < 0 else t for t in (first, second, third)]
         self.applied += n
 

@@ -105,9 +105,11 @@ def open_db(
     manager: WriteBufferManager | None = None,
     wal: bool = False,
 ) -> Rdict:
-    """A RocksDB for state in `path` (created if missing): LZ4 compression (zstd for the
-    bottom level, where most data ends), 16 KiB blocks with bloom filters (most lookups are
-    for new calls, which miss). Without `wal` (scratch state) writes skip the write-ahead
+    """A RocksDB for state in `path` (created if missing): LZ4 compression on every level,
+    16 KiB blocks with bloom filters (most lookups are for new calls, which miss). Not zstd
+    for the bottom level, where most data ends: its compactions cost a rebuild ~1.3 µs of
+    CPU a state more than LZ4's (on a few cores, the rebuild's rate) for a store ~40%
+    smaller. Without `wal` (scratch state) writes skip the write-ahead
     log; with it, they are appended but not synced: a killed process loses nothing, a
     crashed host what the OS had not written, never part of a batch.
 
@@ -121,7 +123,7 @@ def open_db(
     opts.create_if_missing(True)
     opts.set_paranoid_checks(True)
     opts.set_compression_type(DBCompressionType.lz4())
-    opts.set_bottommost_compression_type(DBCompressionType.zstd())
+    opts.set_bottommost_compression_type(DBCompressionType.lz4())
     opts.set_write_buffer_size(write_buffer)
     opts.set_max_write_buffer_number(WRITE_BUFFERS)
     if manager is not None:
