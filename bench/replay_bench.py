@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import pipeline.replay_parallel  # noqa: F401 - the whole replay path, for `_accel.compiled`
+import pipeline.replay.parallel  # noqa: F401 - the whole replay path, for `_accel.compiled`
 from pipeline import _accel
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder

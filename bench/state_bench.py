@@ -39,7 +39,7 @@ from pathlib import Path
 from pipeline import _accel
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import replay_file
-import pipeline.replay_parallel
+import pipeline.replay.parallel
 
 events, jobs, state_dir, store = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 config = Path(sys.argv[5])

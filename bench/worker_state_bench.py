@@ -9,7 +9,7 @@ Per N, on a fresh broker (8 partitions):
 1. fill: N settled calls (start, connect, end; ~1 KB encoded, the raw events included) are
    written to the changelog, each on its call's partition, as workers would have;
 2. rebuild: the eight partitions' stores are built from the changelog with the worker's own
-   code, as a worker new to the host builds them (`pipeline.stream.restore.catch_up_apart`,
+   code, as a worker new to the host builds them (`pipeline.state.restore.catch_up_apart`,
    a process per core): states/s (wall clock), and the stores' bytes on disk;
 3. worker: `cdrpipe worker` starts with an empty data directory (a new host: it rebuilds the
    same way), while new calls arrive at `--rate` calls/s; once it has committed them, its RSS
@@ -64,13 +64,13 @@ from pipeline.core.model import Source  # noqa: E402
 from pipeline.kafka.broker import LocalKafka  # noqa: E402
 from pipeline.kafka.topics import TOPIC_CHANGELOG, ensure_topics  # noqa: E402
 from pipeline.state.codec import encode_state  # noqa: E402
+from pipeline.state.restore import catch_up_apart  # noqa: E402
 from pipeline.stream.batch import OWN_TOPICS  # noqa: E402
 from pipeline.stream.progress import (  # noqa: E402
     WORKER_GROUP,
     committed_offsets,
     committed_with_metadata,
 )
-from pipeline.stream.restore import catch_up_apart  # noqa: E402
 
 PARTITIONS = 8
 TEMPLATE_ID = "bench-0000000000"

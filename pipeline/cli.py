@@ -41,7 +41,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
         "--config",
         type=Path,
         default=None,
-        help="reference data directory (default: $CDRPIPE_CONFIG, else deploy/config)",
+        help="reference data directory (default: $CDRPIPE_CONFIG, else the bundled samples)",
     )
 
 

@@ -11,8 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from pipeline.core.correlate import Settings
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from pipeline.resources import data_path
 
 
 def env(name: str, default: str) -> str:
@@ -20,13 +19,15 @@ def env(name: str, default: str) -> str:
 
 
 def data_dir() -> Path:
-    """Where local state lives (embedded store, Faust tables): `CDRPIPE_DATA` or ./data."""
-    return Path(env("CDRPIPE_DATA", str(PROJECT_ROOT / "data"))).resolve()
+    """Where local state lives (embedded store, worker stores): `CDRPIPE_DATA`, or `data` in
+    the current directory."""
+    return Path(env("CDRPIPE_DATA", "data")).resolve()
 
 
 def config_dir() -> Path:
-    """Reference data directory: `CDRPIPE_CONFIG` or the samples in deploy/config."""
-    return Path(env("CDRPIPE_CONFIG", str(PROJECT_ROOT / "deploy" / "config"))).resolve()
+    """Reference data directory: `CDRPIPE_CONFIG`, or the samples the package carries
+    (deploy/config in the source tree)."""
+    return Path(env("CDRPIPE_CONFIG", str(data_path("config")))).resolve()
 
 
 def kafka_bootstrap() -> str:

@@ -311,7 +311,7 @@ def add_rerate_parser(
     p.add_argument(
         "--config",
         default=None,
-        help="reference data directory (default: $CDRPIPE_CONFIG, else deploy/config)",
+        help="reference data directory (default: $CDRPIPE_CONFIG, else the bundled samples)",
     )
     p.add_argument(
         "--store",

@@ -26,7 +26,7 @@ import sys
 import time
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from itertools import accumulate
@@ -39,6 +39,7 @@ import phonenumbers
 from aiokafka import AIOKafkaProducer
 from phonenumbers import PhoneNumberType
 
+from pipeline import config
 from pipeline.core.partitioning import PRODUCER_PARTITIONERS
 from pipeline.core.refdata import load_refdata
 
@@ -272,7 +273,7 @@ class SimConfig:
 
     calls: int = 1000
     seed: int = 1
-    config_dir: Path | str = Path("deploy/config")
+    config_dir: Path | str = field(default_factory=config.config_dir)
     start: datetime = DEFAULT_START
     call_rate: float = 50.0  # simulated call attempts per second (Poisson arrivals)
     outbound_share: float = 0.7
@@ -1119,7 +1120,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--config",
         default=str(d.config_dir),
         help="reference data dir (rates.csv, trunks.csv, dids.csv) whose trunks and DIDs "
-        "the calls use (%(default)s)",
+        "the calls use (default: $CDRPIPE_CONFIG, else the bundled samples)",
     )
     parser.add_argument("-o", "--output", help="JSON Lines file to write ('-' = stdout)")
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers, e.g. 127.0.0.1:9092")

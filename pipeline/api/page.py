@@ -9,6 +9,7 @@ works offline and data shown in it cannot run as code (the script writes text, n
 from __future__ import annotations
 
 from html import escape
+from importlib.resources import files
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
@@ -20,7 +21,7 @@ from pipeline.store.queries import CDR_TYPES, FLAGS, STATUSES
 
 __all__ = ["STATIC_DIR", "mount_static", "render", "router"]
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+STATIC_DIR = Path(str(files("pipeline.api") / "static"))
 
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"

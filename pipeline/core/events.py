@@ -19,7 +19,6 @@ import re
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from time import monotonic
 from typing import Any
 
@@ -28,9 +27,10 @@ import orjson
 
 from pipeline.core.model import Event
 from pipeline.core.numbers import caller_id, national_digits
+from pipeline.resources import data_path
 
 MAX_MESSAGE_BYTES = 64 * 1024
-SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
+SCHEMA_DIR = data_path("schemas")
 SCHEMA_BASE_URI = "https://schemas.cdrpipe.invalid/"
 KINDS = ("start", "connect", "end")
 # A gateway clock may be off, but not by more than this into the future.

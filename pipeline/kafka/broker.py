@@ -39,6 +39,7 @@ from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
 from pipeline.kafka.topics import DEFAULT_PARTITIONS, TopicError, ensure_topics, run_sync
+from pipeline.resources import data_path
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,11 @@ DEFAULT_PORT = 9092
 NODE_ID = 1  # node.id in server.properties.template
 OFFSETS_TOPIC = "__consumer_offsets"
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEPLOY_DIR = PROJECT_ROOT / "deploy" / "kafka"
+DEPLOY_DIR = data_path("kafka")
 POM_FILE = DEPLOY_DIR / "pom.xml"
 SERVER_TEMPLATE = DEPLOY_DIR / "server.properties.template"
 LOG4J_CONFIG = DEPLOY_DIR / "log4j2.xml"
-DEFAULT_DATA_DIR = PROJECT_ROOT / "var" / "kafka"
+DEFAULT_DATA_DIR = Path("var") / "kafka"  # under the current directory
 
 # Heap as asked for a dev broker on a small machine; the rest mirrors kafka-run-class.sh.
 # CDRPIPE_KAFKA_JVM_OPTS (space separated) replaces the whole list.

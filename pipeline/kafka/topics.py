@@ -29,6 +29,8 @@ TOPIC_REPARTITION = "cdrpipe.repartition"
 # "cdrpipe", so both worker engines read and write the same durable state).
 TOPIC_CHANGELOG = "cdrpipe-calls-changelog"
 
+TP = tuple[str, int]  # (topic, partition)
+
 INPUT_TOPICS: tuple[str, ...] = (TOPIC_START, TOPIC_CONNECT, TOPIC_END)
 ALL_TOPICS: tuple[str, ...] = (
     *INPUT_TOPICS,

@@ -9,7 +9,7 @@ only the changelog from the checkpoint on. A store is not trusted blindly: one t
 opened (a corrupt or truncated file), has no or an unreadable checkpoint (a crash during its
 first build), was written by another layout or for another partition count, is ahead of the
 changelog (a topic recreated) or older than the changelog keeps forgotten calls' tombstones,
-is wiped and rebuilt from the changelog in bulk (`pipeline.stream.restore`).
+is wiped and rebuilt from the changelog in bulk (`pipeline.state.restore`).
 
 Key spaces of a partition's database (a byte, then the call id):
 
@@ -48,6 +48,7 @@ from rocksdict import (
 
 from pipeline.core.correlate import CallState, Settings
 from pipeline.state import codec
+from pipeline.state.changelog import as_encoded
 from pipeline.state.codec import decode_state, encode_state
 from pipeline.state.rocks import (
     BLOCK_CACHE,
@@ -59,7 +60,6 @@ from pipeline.state.rocks import (
     deadline_prefix,
     open_db,
 )
-from pipeline.stream.codec import state_from_bytes
 
 log = logging.getLogger(__name__)
 
@@ -303,14 +303,6 @@ def _open_range() -> ReadOptions:
 
 def _state_range() -> ReadOptions:
     return bounded(STATE, _DEADLINE)
-
-
-def as_encoded(value: bytes) -> bytes:
-    """A changelog record's state as `codec.encode_state` bytes (records of the changelog's
-    earlier JSON format are converted)."""
-    if value[0] == 0x5B:  # "["
-        return encode_state(state_from_bytes(value))
-    return value
 
 
 def indexed(

@@ -1,6 +1,6 @@
 """A compact binary encoding of a `CallState`, for the disk store (`pipeline.state.rocks`).
 
-Why not the changelog's JSON (`pipeline.stream.codec.state_to_bytes`): reading that back
+Why not the changelog's earlier JSON (`pipeline.state.changelog.state_to_json`): reading that back
 parses and validates every held message again (~10 µs an event), and a replay reads back
 nearly every call it remembers once, when it forgets it. This keeps the parsed fields, so a
 state costs a few µs each way, and keeps exactly what a later correction or dead letter

@@ -41,6 +41,7 @@ from faust.streams import current_event
 from rocksdict import Cache, Rdict, WriteBatch, WriteBufferManager
 
 from pipeline.core.correlate import CallState, Settings
+from pipeline.kafka.topics import TP
 from pipeline.state import codec
 from pipeline.state.checkpointed import (
     KINDS,
@@ -51,6 +52,7 @@ from pipeline.state.checkpointed import (
     indexed,
 )
 from pipeline.state.codec import decode_state
+from pipeline.state.restore import changelog_consumer, read_changelog, trim_heap
 from pipeline.state.rocks import (
     BLOCK_CACHE,
     RocksDeadlines,
@@ -59,7 +61,6 @@ from pipeline.state.rocks import (
     deadline_prefix,
     open_db,
 )
-from pipeline.stream.restore import changelog_consumer, read_changelog, trim_heap
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ _STATE_END, _TRIGGER_END = b"\x01", b"\x08"
 LAYOUT = 1  # of the key spaces above; a store of another layout is rebuilt
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-TP = tuple[str, int]
 
 
 def trigger_key(topic: str, offset: int, call_id: bytes = b"") -> bytes:

@@ -28,6 +28,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from pipeline.config import data_dir
+from pipeline.resources import data_path
 
 __all__ = [
     "COLUMNS",
@@ -43,7 +44,7 @@ __all__ = [
     "schema_statements",
 ]
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "deploy" / "clickhouse" / "schema.sql"
+SCHEMA_PATH = data_path("clickhouse", "schema.sql")
 
 #: Table per direction (names are code constants, never user input).
 TABLES: dict[str, str] = {"outbound": "cdr_outbound", "inbound": "cdr_inbound"}

@@ -43,6 +43,7 @@ from pipeline.kafka.topics import (
     WORKER_TOPICS,
 )
 from pipeline.state import codec
+from pipeline.state.changelog import state_from_changelog, state_to_changelog
 from pipeline.state.slots import claim_slot
 from pipeline.state.table import SCHEME, CallTable
 from pipeline.stream.codec import (
@@ -51,8 +52,6 @@ from pipeline.stream.codec import (
     dead_letter_headers,
     is_progress,
     repartition_headers,
-    state_from_changelog,
-    state_to_changelog,
 )
 from pipeline.stream.progress import WORKER_GROUP, committed_offsets, end_offsets
 from pipeline.stream.runtime import (

@@ -62,10 +62,19 @@ from pipeline.kafka.topics import (
     TOPIC_DLQ,
     TOPIC_REPARTITION,
     TOPIC_TICKS,
+    TP,
     WORKER_TOPICS,
     ensure_topics_async,
 )
+from pipeline.state.changelog import state_from_changelog, state_to_changelog
 from pipeline.state.checkpointed import Checkpoint, DiskStates, StoreCorrupt, clock_us
+from pipeline.state.restore import (
+    APART_FROM,
+    Restored,
+    catch_up,
+    catch_up_apart,
+    records_behind,
+)
 from pipeline.state.slots import claim_slot
 from pipeline.stream.alignment import TimeAlignment
 from pipeline.stream.codec import (
@@ -74,17 +83,8 @@ from pipeline.stream.codec import (
     dead_letter_headers,
     is_progress,
     repartition_headers,
-    state_from_changelog,
-    state_to_changelog,
 )
 from pipeline.stream.progress import WORKER_GROUP
-from pipeline.stream.restore import (
-    APART_FROM,
-    Restored,
-    catch_up,
-    catch_up_apart,
-    records_behind,
-)
 from pipeline.stream.runtime import (
     REFDATA_POLL_S,
     TICK_INTERVAL_S,
@@ -98,7 +98,7 @@ from pipeline.stream.runtime import (
     tick_stamp,
     wait_for_broker,
 )
-from pipeline.stream.watchdog import TP, CommitWatchdog
+from pipeline.stream.watchdog import CommitWatchdog
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -621,7 +621,7 @@ class BatchWorker:
         commit: dict[TopicPartition, Any] = dict(offsets)
         if isinstance(states, DiskStates):
             # Each commit carries the changelog offset this cycle's records end at: where
-            # the records of cycles not (yet) committed begin (`pipeline.stream.restore`).
+            # the records of cycles not (yet) committed begin (`pipeline.state.restore`).
             # Every input topic of a partition carries it, also those without messages this
             # cycle (at their position): the mark of a topic idle for hours would make a
             # restart read everything written since.

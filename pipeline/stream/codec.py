@@ -1,9 +1,7 @@
-"""Wire formats of what the workers write to Kafka: CDR records, call states, dead letters.
+"""Wire formats of what the workers write to Kafka: CDR records, dead letters' and forwarded
+messages' headers, progress markers. (Call states on the changelog: `pipeline.state.changelog`.)
 
-CDRs travel as JSON with money as decimal strings (never floats) and times as
-ISO 8601 UTC. Call states (the changelog of both engines) are the local stores' binary
-encoding (`pipeline.state.codec`), so a store is rebuilt from the changelog by copying bytes;
-states in the earlier JSON format (each event's original bytes, re-parsed) are still read.
+CDRs travel as JSON with money as decimal strings (never floats) and times as ISO 8601 UTC.
 """
 
 from __future__ import annotations
@@ -16,10 +14,9 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.correlate import CallState, DeadLetter, Held
-from pipeline.core.events import event_from_dict, parse_ts
+from pipeline.core.correlate import DeadLetter
 from pipeline.core.model import CDR, Source
-from pipeline.state.codec import EPOCH, MICROSECOND, decode_state, encode_state
+from pipeline.state.codec import EPOCH, MICROSECOND
 
 _CDR_FIELDS = tuple(f.name for f in dataclasses.fields(CDR))
 _TIME_FIELDS = frozenset({"start_time", "connect_time", "end_time"})
@@ -51,67 +48,6 @@ def cdr_from_bytes(raw: bytes) -> CDR:
     if "flags" in data:
         data["flags"] = tuple(data["flags"])
     return CDR(**{name: data[name] for name in _CDR_FIELDS if name in data})
-
-
-def _held_to_json(held: Held | None) -> list[Any] | None:
-    if held is None:
-        return None
-    s = held.source
-    return [held.raw.decode(), s.topic, s.partition, s.offset]
-
-
-def _held_from_json(data: list[Any] | None) -> Held | None:
-    if data is None:
-        return None
-    raw = data[0].encode()
-    # Accepted once, so valid now: its timestamp can only have fallen further into the past.
-    return Held(event_from_dict(orjson.loads(raw)), raw, Source(data[1], data[2], data[3]))
-
-
-def state_to_changelog(state: CallState) -> bytes:
-    """A call state as the changelog carries it."""
-    return encode_state(state)
-
-
-def state_from_changelog(raw: bytes) -> CallState:
-    """A changelog record's state, in either format (the JSON one starts with `[`)."""
-    return state_from_bytes(raw) if raw[:1] == b"[" else decode_state(raw)
-
-
-def state_to_bytes(state: CallState) -> bytes:
-    """The changelog's earlier JSON format (still read: `state_from_changelog`)."""
-    return orjson.dumps(
-        [
-            state.id,
-            _held_to_json(state.start),
-            _held_to_json(state.connect),
-            _held_to_json(state.end),
-            state.timed_out_at.isoformat() if state.timed_out_at else None,
-            state.revision,
-            state.orphaned_at.isoformat() if state.orphaned_at else None,
-            _source_to_json(state.trigger),
-        ]
-    )
-
-
-def _source_to_json(source: Source | None) -> list[Any] | None:
-    return None if source is None else [source.topic, source.partition, source.offset]
-
-
-def state_from_bytes(raw: bytes) -> CallState:
-    # States written before orphan tombstones and triggers existed have six fields.
-    call_id, start, connect, end, timed_out_at, revision, *rest = orjson.loads(raw)
-    orphaned_at, trigger = (rest + [None, None])[:2]
-    return CallState(
-        id=call_id,
-        start=_held_from_json(start),
-        connect=_held_from_json(connect),
-        end=_held_from_json(end),
-        timed_out_at=parse_ts(timed_out_at) if timed_out_at else None,
-        revision=revision,
-        orphaned_at=parse_ts(orphaned_at) if orphaned_at else None,
-        trigger=Source(*trigger) if trigger else None,
-    )
 
 
 DLQ_HEADERS = ("dlq.reason", "dlq.kind", "dlq.topic", "dlq.partition", "dlq.offset")

@@ -28,7 +28,7 @@ from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
 from pipeline.core.partitioning import CanonicalPartition
 from pipeline.core.refdata import RefDataError, RefDataHolder
-from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_REPARTITION
+from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_REPARTITION, TP
 from pipeline.stream.codec import (
     as_forwarded,
     forwarded_from,
@@ -36,7 +36,7 @@ from pipeline.stream.codec import (
     progress_to_bytes,
 )
 from pipeline.stream.progress import WORKER_GROUP, committed_offsets, committed_with_metadata
-from pipeline.stream.watchdog import TP, CommitWatchdog
+from pipeline.stream.watchdog import CommitWatchdog
 
 log = logging.getLogger(__name__)
 

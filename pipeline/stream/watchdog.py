@@ -51,7 +51,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-TP = tuple[str, int]
+from pipeline.kafka.topics import TP
 
 
 @dataclass(slots=True)

@@ -8,8 +8,8 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.core.correlate import CallState
 from pipeline.kafka.topics import TOPIC_CHANGELOG
+from pipeline.state.changelog import state_to_json
 from pipeline.stream.batch import BatchWorker
-from pipeline.stream.codec import state_to_bytes
 
 from .conftest import PARTITIONS
 
@@ -30,9 +30,9 @@ def test_restore_reads_every_partition_from_its_beginning(broker):
     records: list[tuple[str, int, bytes | None]] = []
     for p in range(PARTITIONS):
         for i in range(300):
-            records.append((f"p{p}-c{i}", p, state_to_bytes(CallState(f"p{p}-c{i}"))))
+            records.append((f"p{p}-c{i}", p, state_to_json(CallState(f"p{p}-c{i}"))))
         for i in range(100):  # newer versions of some, forgetting of others
-            records.append((f"p{p}-c{i}", p, state_to_bytes(CallState(f"p{p}-c{i}", revision=2))))
+            records.append((f"p{p}-c{i}", p, state_to_json(CallState(f"p{p}-c{i}", revision=2))))
             records.append((f"p{p}-c{100 + i}", p, None))
     asyncio.run(write_changelog(broker.bootstrap, records))
 

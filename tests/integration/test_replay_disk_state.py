@@ -25,7 +25,7 @@ import pytest
 from pipeline.core import events as events_module
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import replay_file
-from pipeline.replay_parallel import ParallelReplay
+from pipeline.replay.parallel import ParallelReplay
 from pipeline.simulate import SimConfig, generate, write_jsonl
 from pipeline.state.rocks import fork_safe, open_db
 from tests.integration.conftest import PARTITIONS, dump_store

@@ -18,10 +18,10 @@ from faust.types import TP
 from pipeline.core.engine import Engine
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
+from pipeline.state.changelog import state_from_changelog, state_to_json
 from pipeline.state.codec import encode_state
 from pipeline.state.table import CLOCK, CallTable
 from pipeline.stream.app import DiskTableStates
-from pipeline.stream.codec import state_from_changelog, state_to_bytes
 
 from .test_rocks_states import CONFIG, SETTINGS, T0, sim_lines
 
@@ -183,7 +183,7 @@ def test_earlier_json_records_are_converted(tmp_path):
     close(source)
     store = open_table(tmp_path / "b")
     events = [
-        Event(Message("c", 0, i, k.encode(), state_to_bytes(s)))
+        Event(Message("c", 0, i, k.encode(), state_to_json(s)))
         for i, (k, s) in enumerate(decoded.items())
     ]
     store.apply_changelog_batch(events, None, None)

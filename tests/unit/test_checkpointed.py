@@ -14,6 +14,7 @@ from pipeline.core.engine import Engine
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
 from pipeline.state import checkpointed
+from pipeline.state.changelog import state_to_json
 from pipeline.state.checkpointed import (
     CHECKPOINT,
     OPEN,
@@ -27,7 +28,6 @@ from pipeline.state.checkpointed import (
 )
 from pipeline.state.codec import decode_state, encode_state
 from pipeline.state.rocks import RocksDeadlines
-from pipeline.stream.codec import state_to_bytes
 
 from .test_rocks_states import CONFIG, SETTINGS, T0, held, sim_lines
 
@@ -236,7 +236,7 @@ def test_a_bulk_rebuild_gives_the_store_the_cycles_wrote(tmp_path):
         for call_id, _, state in states.changes():
             value = None if state is None else encode_state(state)
             if value is not None and n % 300 == 0:
-                value = state_to_bytes(state)  # the changelog's earlier format
+                value = state_to_json(state)  # the changelog's earlier format
             records.append((call_id.encode(), value))
         checkpoint(states, engine, len(records))
 

@@ -238,13 +238,14 @@ def test_cdrpipe_entry_point_and_image() -> None:
     assert project["project"]["scripts"]["cdrpipe"] == "pipeline.cli:main"
     docker = DOCKERFILE.read_text(encoding="utf-8")
     assert re.search(r"^FROM python:3\.11-slim\b", docker, re.M)
-    # The code reads schema.sql, the sample config and the Kafka template relative to the
-    # source tree: the image must carry deploy/ and install the project in editable mode.
+    # The package data (schema.sql, the sample config, the Kafka templates, the event schemas)
+    # are links into deploy/ and schemas/: the build needs them all. The image installs the
+    # package as a wheel would be installed (not editable) ...
     copied = re.findall(r"^COPY\s+(\S+)\s+\S+", docker, re.M)
     assert {"pipeline/", "schemas/", "deploy/", "pyproject.toml", "setup.py"} <= set(copied)
-    # ... and compile the hot path (setup.py) or fail, not fall back to pure Python unnoticed
-    assert re.search(r"^RUN CDRPIPE_REQUIRE_COMPILED=1 pip install -e \.", docker, re.M)
-    schema = store_client.SCHEMA_PATH.relative_to(ROOT)
+    # ... and compiles the hot path (setup.py) or fails, not falls back to pure Python unnoticed
+    assert re.search(r"^RUN CDRPIPE_REQUIRE_COMPILED=1 pip install \.\s", docker, re.M)
+    schema = store_client.SCHEMA_PATH.resolve().relative_to(ROOT)
     assert schema.parts[0] == "deploy" and store_client.SCHEMA_PATH.is_file()
     assert (ROOT / "deploy" / "clickhouse" / "cluster.sql").is_file()
 

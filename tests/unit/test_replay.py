@@ -1,4 +1,4 @@
-"""The one-process replay loop (pipeline/replay.py)."""
+"""The one-process replay loop (pipeline/replay/serial.py)."""
 
 from __future__ import annotations
 

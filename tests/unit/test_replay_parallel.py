@@ -25,7 +25,7 @@ from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import ReplaySummary, replay_file, resolve_jobs
-from pipeline.replay_parallel import (
+from pipeline.replay.parallel import (
     MARSHAL,
     PICKLE,
     ParallelReplay,
@@ -343,7 +343,7 @@ def test_a_failed_insert_of_rows_stops_the_replay(events, refdata, at):
 
 
 def test_worker_failure_is_reported(events, refdata, monkeypatch):
-    import pipeline.replay_parallel as parallel
+    import pipeline.replay.parallel as parallel
 
     class Broken(parallel.Engine):
         def feed_line(self, raw, topic, offset, *args, **kwargs):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pipeline.stream.restore import trim_heap
+from pipeline.state.restore import trim_heap
 
 
 def rss_mb() -> int:

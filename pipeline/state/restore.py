@@ -32,7 +32,8 @@ from confluent_kafka import TopicPartition as RdTopicPartition
 from rocksdict import Cache, WriteBufferManager
 
 from pipeline.core.correlate import CallState, Settings
-from pipeline.kafka.topics import TOPIC_CHANGELOG
+from pipeline.kafka.topics import TOPIC_CHANGELOG, TP
+from pipeline.state.changelog import state_from_changelog
 from pipeline.state.checkpointed import (
     MAX_STORE_AGE_S,
     WRITE_BUFFERS_TOTAL,
@@ -40,8 +41,6 @@ from pipeline.state.checkpointed import (
     Rebuild,
 )
 from pipeline.state.rocks import BLOCK_CACHE
-from pipeline.stream.codec import state_from_changelog
-from pipeline.stream.watchdog import TP
 
 log = logging.getLogger(__name__)
 

@@ -66,7 +66,7 @@ from pipeline.core.engine import Engine
 from pipeline.core.model import CDR
 from pipeline.core.partitioning import call_key, partitions_for
 from pipeline.core.refdata import RefDataHolder
-from pipeline.replay import (
+from pipeline.replay.serial import (
     DEFAULT_PARTITIONS,
     FLUSH_EVERY,
     Collector,
