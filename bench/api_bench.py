@@ -37,7 +37,7 @@ import uvicorn
 
 from pipeline.api.app import create_app
 from pipeline.api.auth import create_key
-from pipeline.api.queries import encode_cursor
+from pipeline.api.store_access import encode_cursor
 from pipeline.store.client import Client, connect
 
 DAYS = 59

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.engine import Engine
 from pipeline.core.model import Source
 from pipeline.core.partitioning import CanonicalPartition
@@ -41,7 +41,7 @@ def main() -> None:
         for at in range(0, len(values), CYCLE):  # as a worker's cycle asks
             canonical.many(values[at : at + CYCLE])
         lookup.append(time.perf_counter() - t)
-        engine = Engine(refdata, {}, Settings(), 8)
+        engine = Engine(refdata, {}, Deadlines(), 8)
         partitions = [canonical(v) or 0 for v in values]
         t = time.perf_counter()
         for i, (v, p) in enumerate(zip(values, partitions, strict=True)):

@@ -19,7 +19,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import replay_file
@@ -45,7 +45,7 @@ def dump(events: Path, out: Path, jobs: int, config: Path, short: bool = False) 
             (line, letter.kind, letter.reason, letter.call_id, astuple(letter.source), letter.raw)
         )
 
-    kwargs: dict[str, Any] = {"settings": Settings(**SHORT)} if short else {}
+    kwargs: dict[str, Any] = {"settings": Deadlines(**SHORT)} if short else {}
     summary = replay_file(events, refdata, sink, jobs=jobs, dead_letter=dead_letter, **kwargs)
     counts = {
         k: getattr(summary, k)

@@ -4,7 +4,7 @@ setup.py may compile some modules with Cython, from their unchanged source, and 
 source's SHA-256 in ``_compiled.json``. Python's own import system prefers a compiled module to
 its source whatever their age, so an edit without a rebuild, or a checkout of other code over a
 build, would run stale code. `SourceGuard` (first on ``sys.meta_path``) loads the source
-instead of every compiled module of the package that the manifest does not vouch for;
+instead of every compiled module whose source the manifest does not record as unchanged;
 CDRPIPE_PURE_PYTHON=1 loads every module from source (the tests run the core so too).
 
 This module must stay pure Python: it decides how the others load.
@@ -31,7 +31,7 @@ def pure_python() -> bool:
     return os.environ.get("CDRPIPE_PURE_PYTHON", "") not in ("", "0")
 
 
-def vouched(manifest: Path, root: Path) -> frozenset[str]:
+def compiled_from_current_source(manifest: Path, root: Path) -> frozenset[str]:
     """The modules of the manifest whose source under `root` is still the one compiled."""
     try:
         built = json.loads(manifest.read_text())
@@ -75,7 +75,8 @@ def install() -> None:
     """Put a `SourceGuard` for this package first on ``sys.meta_path`` (once)."""
     if any(isinstance(finder, SourceGuard) for finder in sys.meta_path):
         return
-    fresh = frozenset() if pure_python() else vouched(MANIFEST, MANIFEST.parents[1])
+    root = MANIFEST.parents[1]
+    fresh = frozenset() if pure_python() else compiled_from_current_source(MANIFEST, root)
     sys.meta_path.insert(0, SourceGuard(PACKAGE, fresh))
 
 

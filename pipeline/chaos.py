@@ -42,9 +42,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from pipeline import config
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.model import CDR
-from pipeline.core.partitioning import PRODUCER_PARTITIONERS
+from pipeline.core.partitioning import DEFAULT_PARTITIONS, PRODUCER_PARTITIONERS
 from pipeline.core.refdata import RefDataHolder
 from pipeline.demo import Pipeline
 from pipeline.kafka.broker import LocalKafka
@@ -81,7 +81,7 @@ class ChaosPlan:
     shuffle_window: int = 400  # messages shuffled within windows of this size
     segments: int = 12
     seed: int = 7
-    partitions: int = 8
+    partitions: int = DEFAULT_PARTITIONS
     timeout_s: float = 1800.0
     partitioner: str = "murmur2"  # the gateways' (`pipeline.core.partitioning`)
     sink_kills: int = 2  # SIGKILLs of the sink: inside an insert, then between one and its commit
@@ -407,7 +407,7 @@ class ChaosRun:
         self.log = log
         self.rng = random.Random(plan.seed)
         self.report = ChaosReport(plan)
-        self.settings = Settings(
+        self.settings = Deadlines(
             max_call_duration=timedelta(seconds=MAX_CALL_S),
             orphan_wait=timedelta(seconds=ORPHAN_WAIT_S),
         )

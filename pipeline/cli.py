@@ -19,13 +19,13 @@ def _add_store(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_metrics(p: argparse.ArgumentParser, variable: str) -> None:
-    default = config.env(variable, "")
+def _add_metrics(p: argparse.ArgumentParser, setting: str) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=int(default) if default else None,
-        help=f"serve Prometheus /metrics on 127.0.0.1:PORT (default ${variable}, else off)",
+        default=getattr(config.environment(), setting),
+        help=f"serve Prometheus /metrics on 127.0.0.1:PORT (default $CDRPIPE_{setting.upper()},"
+        " else off)",
     )
 
 
@@ -165,7 +165,7 @@ def _add_worker(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--web-port", type=int, default=None, help="faust engine: enable Faust's web on 127.0.0.1"
     )
-    _add_metrics(p, "CDRPIPE_METRICS_PORT")
+    _add_metrics(p, "metrics_port")
     p.set_defaults(func=cmd_worker)
 
 
@@ -186,7 +186,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
     }
     if args.engine == "faust":
-        from pipeline.stream.app import run_worker
+        from pipeline.stream.faust_engine import run_worker
 
         run_worker(name=args.name, web_port=args.web_port, **common)
     else:
@@ -198,15 +198,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    import logging
-
-    from pipeline.metrics import JsonFormatter
+    from pipeline.logs import configure_logging
     from pipeline.stream.sink import run_sink
 
-    handler = logging.StreamHandler()
-    if config.env("CDRPIPE_LOG_JSON", "") in ("1", "true", "yes"):
-        handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=config.env("CDRPIPE_LOGLEVEL", "WARNING").upper(), handlers=[handler])
+    configure_logging()
     stats = run_sink(
         args.store,
         metrics_port=args.metrics_port,
@@ -323,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", default=None, help="Kafka bootstrap (default $CDRPIPE_KAFKA)")
     p.add_argument("--batch-size", type=int, default=20_000, help="max CDRs per insert")
     p.add_argument("--max-wait", type=float, default=1.0, help="max seconds a batch waits")
-    _add_metrics(p, "CDRPIPE_SINK_METRICS_PORT")
+    _add_metrics(p, "sink_metrics_port")
     _add_store(p)
     p.set_defaults(func=cmd_sink)
 

@@ -6,9 +6,6 @@ deploy/grafana/ reads them.
 
 from __future__ import annotations
 
-import json
-import logging
-import time
 from datetime import UTC, datetime
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
@@ -90,19 +87,3 @@ def record_products(outcome: Outcome) -> None:
         DLQ.labels(dead.kind).inc()
         if dead.kind == "orphan":
             ORPHANS.inc()
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line, for log shippers (`CDRPIPE_LOG_JSON=1`)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry)

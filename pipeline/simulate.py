@@ -42,6 +42,7 @@ from phonenumbers import PhoneNumberType
 from pipeline import config
 from pipeline.core.partitioning import PRODUCER_PARTITIONERS
 from pipeline.core.refdata import load_refdata
+from pipeline.kafka.topics import TOPIC_CONNECT, TOPIC_END, TOPIC_START
 
 __all__ = [
     "DEFAULT_OUTCOME_MIX",
@@ -67,9 +68,6 @@ __all__ = [
     "write_jsonl",
 ]
 
-TOPIC_START = "sip.call.start"
-TOPIC_CONNECT = "sip.call.connect"
-TOPIC_END = "sip.call.end"
 TOPICS: dict[str, str] = {"start": TOPIC_START, "connect": TOPIC_CONNECT, "end": TOPIC_END}
 
 #: Fixed so that a bare ``SimConfig()`` is reproducible. Callers that store CDRs in a

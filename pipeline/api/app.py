@@ -43,7 +43,7 @@ from pipeline.api.models import (
     filter_out,
     kpi_out,
 )
-from pipeline.api.queries import (
+from pipeline.api.store_access import (
     SharedStore,
     csv_chunk,
     csv_header,

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.store.client import data_dir
+from pipeline.config import data_dir, environment
 
 __all__ = [
     "KEY_PREFIX",
@@ -89,8 +89,8 @@ class KeyEntry:
 
 def default_keys_path() -> Path:
     """``$CDRPIPE_API_KEYS`` if set, else ``api-keys.json`` in the project data directory."""
-    env = os.environ.get("CDRPIPE_API_KEYS")
-    return Path(env).expanduser() if env else data_dir() / "api-keys.json"
+    configured = environment().api_keys
+    return configured.expanduser() if configured else data_dir() / "api-keys.json"
 
 
 def hash_key(key: str) -> str:

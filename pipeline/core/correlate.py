@@ -41,6 +41,8 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Literal, Protocol
 
+from pipeline.core import dead_letters
+from pipeline.core.dead_letters import DeadLetter
 from pipeline.core.model import Event, Source, slot_constructor
 
 DEFAULT_MAX_CALL_DURATION = timedelta(hours=4)
@@ -49,7 +51,7 @@ DEFAULT_MEMORY = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)
-class Settings:
+class Deadlines:
     """Event-time deadlines (SPEC section 3), all configurable, and whether a call closed at
     the maximum call duration is billed up to it (default: stored unrated, for review)."""
 
@@ -60,7 +62,7 @@ class Settings:
 
 
 @dataclass(frozen=True, slots=True)
-class Held:
+class HeldEvent:
     """An accepted event with the bytes it came in, kept for dead-lettering orphans."""
 
     event: Event
@@ -76,15 +78,15 @@ class CallState:
     """Everything remembered about one call; immutable so table writes are explicit."""
 
     id: str
-    start: Held | None = None
-    connect: Held | None = None
-    end: Held | None = None
+    start: HeldEvent | None = None
+    connect: HeldEvent | None = None
+    end: HeldEvent | None = None
     timed_out_at: datetime | None = None
     revision: int = 0  # CDR versions emitted so far
     orphaned_at: datetime | None = None  # dead-lettered as an orphan: a tombstone, no call
     trigger: Source | None = None  # the message whose processing produced the last output
 
-    def held(self) -> list[Held]:
+    def held(self) -> list[HeldEvent]:
         return [h for h in (self.start, self.connect, self.end) if h is not None]
 
     @property
@@ -97,21 +99,32 @@ class CallState:
         """Nothing more is awaited: a CDR exists, or the call was dead-lettered as an orphan."""
         return self.complete or self.orphaned_at is not None
 
-    def holds(self, held: Held) -> bool:
+    def holds(self, held: HeldEvent) -> bool:
         """This very event (same timestamp and bytes) is part of the state."""
-        current: Held | None = getattr(self, held.event.kind)
+        current: HeldEvent | None = getattr(self, held.event.kind)
         return current is not None and current.sort_key() == held.sort_key()
 
     def last_ts(self) -> datetime:
-        times = [h.event.ts for h in self.held()]
-        if self.timed_out_at is not None:
-            times.append(self.timed_out_at)
-        return max(times)
+        """The newest of the held events' times and `timed_out_at` (ValueError: none)."""
+        last = self.timed_out_at
+        for h in (self.start, self.connect, self.end):
+            if h is not None and (last is None or h.event.ts > last):
+                last = h.event.ts
+        if last is None:
+            raise ValueError(f"call {self.id} holds no event")
+        return last
 
     def first_ts(self) -> datetime:
-        return min(h.event.ts for h in self.held())
+        """The oldest of the held events' times (ValueError: none)."""
+        first = None
+        for h in (self.start, self.connect, self.end):
+            if h is not None and (first is None or h.event.ts < first):
+                first = h.event.ts
+        if first is None:
+            raise ValueError(f"call {self.id} holds no event")
+        return first
 
-    def deadline(self, settings: Settings) -> tuple[datetime, DeadlineKind]:
+    def deadline(self, settings: Deadlines) -> tuple[datetime, DeadlineKind]:
         """When this call next needs attention on event time, and why."""
         if self.orphaned_at is not None:
             return self.orphaned_at + settings.memory, "forget"
@@ -125,9 +138,9 @@ class CallState:
 DeadlineKind = Literal["orphan", "timeout", "forget"]
 _IDLE = datetime.max.replace(tzinfo=UTC)  # an upstream source forwarding nothing: no bound
 
-#: ``CallState(*fields)`` and ``Held(event, raw, source)``, cheaper (see `slot_constructor`).
+#: ``CallState(*fields)`` and ``HeldEvent(event, raw, source)``, cheaper (see `slot_constructor`).
 make_state: Callable[..., CallState] = slot_constructor(CallState)
-make_held: Callable[[Event, bytes, Source], Held] = slot_constructor(Held)
+make_held: Callable[[Event, bytes, Source], HeldEvent] = slot_constructor(HeldEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,17 +148,6 @@ class Emit:
     """A new or corrected CDR version must be built from `state` and stored."""
 
     state: CallState
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message that cannot become part of a CDR, with the reason."""
-
-    raw: bytes
-    source: Source
-    reason: str
-    kind: Literal["orphan", "late", "invalid"]
-    call_id: str | None = None  # known for orphans and late events, not for invalid bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,29 +228,6 @@ class _Partition(EventClock):
             self.watermark = None if limit is None else limit if limit < wm else wm
 
 
-def merge(state: CallState | None, held: Held) -> tuple[CallState, bool]:
-    """Add one event to a call's state; returns (new state, whether anything changed)."""
-    if state is None:
-        state = CallState(id=held.event.id)
-    kind = held.event.kind
-    current: Held | None = getattr(state, kind)
-    if current is not None and current.sort_key() <= held.sort_key():
-        return state, False
-    start, connect, end = state.start, state.connect, state.end
-    if kind == "start":
-        start = held
-    elif kind == "connect":
-        connect = held
-    else:
-        end = held
-    new = CallState(state.id, start, connect, end, state.timed_out_at, state.revision)
-    return new, True
-
-
-def orphan_reason(call_id: str, settings: Settings) -> str:
-    return f"orphan: no start event for call {call_id} within {settings.orphan_wait}"
-
-
 class Correlator:
     """Correlates events into call states and decides when CDRs are emitted.
 
@@ -267,11 +246,11 @@ class Correlator:
     def __init__(
         self,
         states: MutableMapping[str, CallState],
-        settings: Settings | None = None,
+        settings: Deadlines | None = None,
         deadlines: Callable[[int], DeadlineIndex] | None = None,
     ) -> None:
         self.states = states
-        self.settings = settings or Settings()
+        self.settings = settings or Deadlines()
         self.deadlines = deadlines
         self._partitions: dict[int, _Partition] = {}
 
@@ -316,7 +295,7 @@ class Correlator:
                     part.saw(held.event.kind, held.event.ts)
         heapq.heapify(part.deadlines)
 
-    def process(self, held: Held, partition: int) -> list[Action]:
+    def process(self, held: HeldEvent, partition: int) -> list[Action]:
         """Apply one valid event, then run the partition's deadlines up to its watermark."""
         part = self._partitions.get(partition)
         if part is None:
@@ -335,8 +314,8 @@ class Correlator:
                 else:
                     state = replace(state, end=held, trigger=held.source)
                 self.states[event.id] = state
-                reason = orphan_reason(event.id, self.settings)
-                actions = [DeadLetter(held.raw, held.source, reason, "orphan", event.id)]
+                wait = self.settings.orphan_wait
+                actions = [dead_letters.orphan(held.raw, held.source, event.id, wait)]
         else:
             actions = self._apply(state, held, part)
         # part.saw(kind, ts), inline
@@ -360,21 +339,19 @@ class Correlator:
                 actions.extend(self._expire(part, held.source))
         return actions
 
-    def _apply(self, state: CallState | None, held: Held, part: _Partition) -> list[Action]:
-        """`merge` the event into the state, correct a timeout its end ends, emit a CDR version
-        if the call is complete, store the state and index its deadline: written out for the
-        hot path (one CallState per event instead of up to three)."""
+    def _apply(self, state: CallState | None, held: HeldEvent, part: _Partition) -> list[Action]:
+        """Add the event to the call's state (of two events of a kind the earlier, then the
+        smaller bytes, wins; the other is a duplicate), correct a timeout its end ends, emit a
+        CDR version if the call is complete, store the state and index its deadline
+        (`CallState.deadline`). One CallState per event."""
         event = held.event
         kind, ts, call_id = event.kind, event.ts, event.id
         settings = self.settings
         if state is None:
             wm = part.watermark
             if wm is not None and ts <= wm - settings.memory:
-                reason = (
-                    f"late: {kind} for call {call_id} at {ts.isoformat()} is older"
-                    f" than the {settings.memory} memory window"
-                )
-                return [DeadLetter(held.raw, held.source, reason, "late", call_id)]
+                memory = settings.memory
+                return [dead_letters.late(held.raw, held.source, kind, call_id, ts, memory)]
             state_id = call_id
             start = connect = end = None
             timed_out_at = None
@@ -407,30 +384,14 @@ class Correlator:
                 state_id, start, connect, end, timed_out_at, revision, None, held.source
             )
             actions.append(Emit(new))
-            # CallState.deadline: last_ts() + memory ("forget")
-            last = start.event.ts
-            for h in (connect, end):
-                if h is not None and h.event.ts > last:
-                    last = h.event.ts
-            if timed_out_at is not None and timed_out_at > last:
-                last = timed_out_at
-            due = last + settings.memory
         else:
             new = make_state(state_id, start, connect, end, timed_out_at, revision, None, None)
-            if start is None:  # CallState.deadline: first_ts() + orphan_wait ("orphan")
-                first = None
-                for h in (connect, end):
-                    if h is not None and (first is None or h.event.ts < first):
-                        first = h.event.ts
-                assert first is not None
-                due = first + settings.orphan_wait
-            else:  # CallState.deadline: start + max_call_duration ("timeout")
-                due = start.event.ts + settings.max_call_duration
-                if state is not None and state.start is start and state.end is None:
-                    # The stored state had this very deadline (same start, not complete: a
-                    # timed-out state with no end stays complete), so its heap entry serves.
-                    self.states[call_id] = new
-                    return actions
+            if start is not None and state is not None and state.start is start:
+                # Open with the same start as the stored state, which was open too (a complete
+                # state stays complete): the same timeout deadline, whose entry serves.
+                self.states[call_id] = new
+                return actions
+        due = new.deadline(settings)[0]
         self.states[call_id] = new
         index = part.index
         if index is None:
@@ -492,8 +453,8 @@ class Correlator:
         """The output a settled state stands for (its CDR, or its orphan dead letters),
         to send again when it may not have reached Kafka."""
         if state.orphaned_at is not None:
-            reason = orphan_reason(state.id, self.settings)
-            return [DeadLetter(h.raw, h.source, reason, "orphan", state.id) for h in state.held()]
+            wait = self.settings.orphan_wait
+            return [dead_letters.orphan(h.raw, h.source, state.id, wait) for h in state.held()]
         if state.complete:
             return [Emit(state)]
         return []

@@ -16,16 +16,17 @@ from pipeline.core.cdr import build_cdr
 from pipeline.core.correlate import (
     CallState,
     Correlator,
-    DeadLetter,
     DeadlineIndex,
+    Deadlines,
     Duplicate,
     Emit,
-    Settings,
     make_held,
     partition_for,
 )
+from pipeline.core.dead_letters import INVALID, DeadLetter
 from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR, Source, slot_constructor
+from pipeline.core.partitioning import DEFAULT_PARTITIONS
 from pipeline.core.refdata import RefDataHolder
 
 
@@ -57,8 +58,8 @@ class Engine:
         self,
         refdata: RefDataHolder,
         states: MutableMapping[str, CallState] | None = None,
-        settings: Settings | None = None,
-        partitions: int = 8,
+        settings: Deadlines | None = None,
+        partitions: int = DEFAULT_PARTITIONS,
         deadlines: Callable[[int], DeadlineIndex] | None = None,
     ) -> None:
         self.refdata = refdata
@@ -90,23 +91,7 @@ class Engine:
         Without a `partition` (offline), the call goes to the partition Kafka's
         default partitioner would give its id among `self.partitions`.
         """
-        try:
-            event = parse_event(raw, now=now)
-        except InvalidEvent as exc:
-            self.counters["dlq_invalid"] += 1
-            self.last_ts = None
-            return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
-        self.counters["events"] += 1
-        self.last_ts = event.ts
-        if partition is None:
-            partition = self._routes.get(event.id)
-            if partition is None:
-                partition = self._route(event.id)
-            source = _source(source.topic, partition, source.offset)
-        actions = self.correlator.process(make_held(event, raw, source), partition)
-        if not actions:
-            return NOTHING
-        return self._carry(actions)
+        return self._feed(raw, source.topic, source.offset, partition, source, now)
 
     def feed_line(
         self, raw: bytes, topic: str, offset: int, partition: int | None = None
@@ -114,19 +99,34 @@ class Engine:
         """``feed(raw, Source(topic, 0, offset), partition)`` for offline replay, one `Source`
         cheaper; `partition`, if given, must be ``partition_for(id)`` of a valid event (a
         parallel replay's worker routed the line already)."""
+        return self._feed(raw, topic, offset, partition, None, None)
+
+    def _feed(
+        self,
+        raw: bytes,
+        topic: str,
+        offset: int,
+        partition: int | None,
+        source: Source | None,
+        now: datetime | None,
+    ) -> Outcome:
         try:
-            event = parse_event(raw)
+            event = parse_event(raw, now=now)
         except InvalidEvent as exc:
             self.counters["dlq_invalid"] += 1
-            source = _source(topic, 0, offset)
-            return _outcome([], [DeadLetter(raw, source, exc.reason, "invalid")])
+            self.last_ts = None
+            where = source if source is not None else _source(topic, 0, offset)
+            return _outcome([], [DeadLetter(raw, where, exc.reason, INVALID)])
         self.counters["events"] += 1
+        self.last_ts = event.ts
         if partition is None:
             partition = self._routes.get(event.id)
             if partition is None:
                 partition = self._route(event.id)
-        held = make_held(event, raw, _source(topic, partition, offset))
-        actions = self.correlator.process(held, partition)
+            source = None  # the message's own partition is not the call's
+        if source is None:
+            source = _source(topic, partition, offset)
+        actions = self.correlator.process(make_held(event, raw, source), partition)
         if not actions:
             return NOTHING
         return self._carry(actions)

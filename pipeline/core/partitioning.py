@@ -25,6 +25,8 @@ import orjson
 from pipeline.core.correlate import murmur2
 from pipeline.core.events import MAX_MESSAGE_BYTES
 
+DEFAULT_PARTITIONS = 8  # of the pipeline's topics, and the partitions a replay routes calls to
+
 __all__ = [
     "PRODUCER_PARTITIONERS",
     "CanonicalPartition",
@@ -74,7 +76,7 @@ _M = np.uint32(0x5BD1E995)
 
 def partitions_for(keys: list[bytes], partitions: int) -> list[int]:
     """``(murmur2(key) & 0x7FFFFFFF) % partitions`` of each key (Kafka's default partitioner),
-    computed with numpy for all keys of a length at once: ~0.13 us a key against ~1.4 for
+    computed with numpy for all keys of a length at once, an order of magnitude cheaper than
     `murmur2` in Python (tests/unit/test_replay_parallel.py compares the two)."""
     out = [0] * len(keys)
     by_length: dict[int, list[int]] = {}

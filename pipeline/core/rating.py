@@ -70,7 +70,7 @@ def _charged(
     extra: int, connection_fee: Decimal, initial_rate: Decimal, rate: Decimal, initial: int
 ) -> Decimal:
     """`charge` of a connected call, remembered: a deck has few rows and billed seconds come
-    in increments, so the same sums recur (~1.5 us each, ~0.1 us remembered). Safe to share:
+    in increments, so the same sums recur, and a lookup costs a fraction of the sum. Safe to share:
     the result (always 6 decimal places, its sign that of a non-zero value) depends only on
     the values of the arguments, not on how they are written (Decimal("0.010") and
     Decimal("0.01") are one key), and Decimals are immutable."""

@@ -9,7 +9,8 @@ as a plain JVM process. Used by the demo, the integration tests and ``cdrpipe`` 
     ensure_topics(kafka.bootstrap)
     kafka.stop()
 
-CLI: ``python -m pipeline.kafka.broker install|start|stop|restart|status|topics|config``.
+CLI: ``cdrpipe kafka install|start|stop|restart|status|topics|config`` (or ``python -m
+pipeline.kafka.broker``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.commit import OffsetFetchRequest
 from aiokafka.protocol.metadata import MetadataRequest
 
+from pipeline.config import LOCAL_KAFKA_PORT, environment
 from pipeline.kafka.topics import DEFAULT_PARTITIONS, TopicError, ensure_topics, run_sync
 from pipeline.resources import data_path
 
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.1"
 HOST = "127.0.0.1"
-DEFAULT_PORT = 9092
+DEFAULT_PORT = LOCAL_KAFKA_PORT
 NODE_ID = 1  # node.id in server.properties.template
 OFFSETS_TOPIC = "__consumer_offsets"
 
@@ -53,7 +55,6 @@ DEPLOY_DIR = data_path("kafka")
 POM_FILE = DEPLOY_DIR / "pom.xml"
 SERVER_TEMPLATE = DEPLOY_DIR / "server.properties.template"
 LOG4J_CONFIG = DEPLOY_DIR / "log4j2.xml"
-DEFAULT_DATA_DIR = Path("var") / "kafka"  # under the current directory
 
 # Heap as asked for a dev broker on a small machine; the rest mirrors kafka-run-class.sh.
 # CDRPIPE_KAFKA_JVM_OPTS (space separated) replaces the whole list.
@@ -78,9 +79,9 @@ class KafkaError(RuntimeError):
 
 def default_home(version: str = KAFKA_VERSION) -> Path:
     """Jar cache shared by every data dir/port: ``$CDRPIPE_KAFKA_HOME`` or ~/.cache/cdrpipe."""
-    env = os.environ.get("CDRPIPE_KAFKA_HOME")
-    if env:
-        return Path(env).expanduser()
+    configured = environment().kafka_home
+    if configured:
+        return configured.expanduser()
     return Path.home() / ".cache" / "cdrpipe" / f"kafka-{version}"
 
 
@@ -132,11 +133,6 @@ def _probe_groups(partitions: int) -> list[str]:
         groups.setdefault((0 if h == -(1 << 31) else abs(h)) % partitions, group)
         i += 1
     return [groups[p] for p in range(partitions)]
-
-
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -202,14 +198,12 @@ class LocalKafka:
     ) -> None:
         self.version = version
         self.home = Path(home).expanduser() if home else default_home(version)
-        env_data = os.environ.get("CDRPIPE_KAFKA_DATA")
-        self.data_dir = Path(data_dir or env_data or DEFAULT_DATA_DIR).expanduser().resolve()
-        self.port = port if port is not None else _env_int("CDRPIPE_KAFKA_PORT", DEFAULT_PORT)
-        self.controller_port = (
-            controller_port
-            if controller_port is not None
-            else _env_int("CDRPIPE_KAFKA_CONTROLLER_PORT", self.port + 1)
-        )
+        env = environment()
+        self.data_dir = Path(data_dir or env.kafka_data).expanduser().resolve()
+        self.port = port if port is not None else env.kafka_port
+        if controller_port is None:
+            controller_port = env.kafka_controller_port or self.port + 1
+        self.controller_port = controller_port
         if self.controller_port == self.port:
             raise ValueError("the broker and controller ports must differ")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -317,8 +311,8 @@ class LocalKafka:
         return java
 
     def _jvm_command(self, main_class: str, *args: str) -> list[str]:
-        env_opts = os.environ.get("CDRPIPE_KAFKA_JVM_OPTS")
-        opts = env_opts.split() if env_opts else list(JVM_OPTS)
+        configured = environment().kafka_jvm_opts
+        opts = configured.split() if configured else list(JVM_OPTS)
         return [
             self._java(),
             *opts,
@@ -540,7 +534,7 @@ class LocalKafka:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status (status: 0 running, 3 stopped, like LSB)."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.kafka.broker", description="Local single-node Kafka broker."
+        prog="cdrpipe kafka", description="Local single-node Kafka broker."
     )
     parser.add_argument("--port", type=int, help="client port (env CDRPIPE_KAFKA_PORT, 9092)")
     parser.add_argument("--data-dir", help="data dir (env CDRPIPE_KAFKA_DATA, ./var/kafka)")

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from pipeline.core.partitioning import DEFAULT_PARTITIONS
+
 TOPIC_START = "sip.call.start"
 TOPIC_CONNECT = "sip.call.connect"
 TOPIC_END = "sip.call.end"
@@ -51,7 +53,6 @@ CHANGELOG_CONFIG = {"segment.ms": "300000", "min.cleanable.dirty.ratio": "0.2"}
 TOPIC_CONFIGS: dict[str, dict[str, str]] = {
     TOPIC_CHANGELOG: {"cleanup.policy": "compact", **CHANGELOG_CONFIG},
 }
-DEFAULT_PARTITIONS = 8
 
 # Kafka protocol error codes we handle by name.
 _OK = 0

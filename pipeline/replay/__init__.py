@@ -17,9 +17,9 @@ from pathlib import Path
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay.serial import (
     DEFAULT_PARTITIONS,
+    CdrOutput,
     Replay,
     ReplaySummary,
-    Sink,
     fewer_gc_passes,
     iter_lines,
     resolve_jobs,
@@ -68,7 +68,7 @@ def choose_state_dir(
 def replay_file(
     path: Path,
     refdata: RefDataHolder,
-    sink: Sink,
+    sink: CdrOutput,
     *,
     jobs: int = 1,
     **kwargs: object,

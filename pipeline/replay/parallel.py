@@ -61,7 +61,7 @@ from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline.core.correlate import DeadLetter, Settings
+from pipeline.core.correlate import DeadLetter, Deadlines
 from pipeline.core.engine import Engine
 from pipeline.core.model import CDR
 from pipeline.core.partitioning import call_key, partitions_for
@@ -69,9 +69,9 @@ from pipeline.core.refdata import RefDataHolder
 from pipeline.replay.serial import (
     DEFAULT_PARTITIONS,
     FLUSH_EVERY,
+    CdrOutput,
     Collector,
     ReplaySummary,
-    Sink,
     count_final,
     fewer_gc_passes,
     final_flags,
@@ -131,10 +131,11 @@ MARSHAL, PICKLE, ROWS = "marshal", "pickle", "rows"  # how a round's CDRs travel
 
 
 def encode_cdrs(cdrs: list[CDR]) -> tuple[str, bytes]:
-    """(MARSHAL or PICKLE, bytes) for `decode_cdrs`. Rows of plain values in marshal cost ~10 us per
-    CDR there and back, pickled `CDR`s (datetimes, Decimals) ~19 us and the stream codec's JSON
-    ~15 us. marshal refuses (rather than converts) anything that is not exactly a str, int,
-    bool or None; such CDRs travel pickled."""
+    """(MARSHAL or PICKLE, bytes) for `decode_cdrs`. Rows of plain values in marshal are the
+    cheapest way there and back: pickled `CDR`s (datetimes, Decimals) cost about twice as
+    much, the stream codec's JSON half as much again (docs/BENCHMARKS.md). marshal refuses
+    (rather than converts) anything that is not exactly a str, int, bool or None; such CDRs
+    travel pickled."""
     rows = []
     for cdr in cdrs:
         row = _row(cdr)
@@ -212,7 +213,7 @@ def _work(
     inbox: Any,
     outbox: Any,
     refdata: RefDataHolder,
-    settings: Settings | None,
+    settings: Deadlines | None,
     partitions: int,
     name: str,
     rows: bool,
@@ -240,12 +241,12 @@ def _work(
             engine = Engine(refdata, states, settings, partitions, deadlines=states.deadlines)
             final = RocksFinal(db)
         feed = engine.feed_line
-        with fewer_gc_passes() as settle:
+        with fewer_gc_passes() as freeze_survivors:
             while True:
                 message = inbox.get()
                 if message is None:
                     break
-                settle()
+                freeze_survivors()
                 numbers, raws, routed = marshal.loads(message)
                 keys: list[int] = []
                 cdrs: list[CDR] = []
@@ -298,10 +299,10 @@ class ParallelReplay(Collector):
     def __init__(
         self,
         refdata: RefDataHolder,
-        sink: Sink,
+        sink: CdrOutput,
         *,
         jobs: int = 0,
-        settings: Settings | None = None,
+        settings: Deadlines | None = None,
         partitions: int = DEFAULT_PARTITIONS,
         dead_letter: Callable[[int, DeadLetter], object] | None = None,
         flush_every: int = FLUSH_EVERY,
@@ -321,8 +322,8 @@ class ParallelReplay(Collector):
         self._storing: Future[object] | None = None
 
     def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
-        with fewer_gc_passes() as settle, ExitStack() as stack:
-            self._settle = settle
+        with fewer_gc_passes() as freeze_survivors, ExitStack() as stack:
+            self._freeze_survivors = freeze_survivors
             return self._run(lines, name, stack)
 
     def _run(
@@ -477,7 +478,7 @@ class ParallelReplay(Collector):
     def _merge_round(self) -> None:
         """The answers of the oldest round in flight, back in line order, into the Collector:
         per line its CDRs, then its dead letters, then the flush check, as `Replay` does."""
-        self._settle()
+        self._freeze_survivors()
         items: list[tuple[int, Any]] = []
         for k in range(self.jobs):
             _, keys, encoding, payload, dead = self._receive(k, "round")

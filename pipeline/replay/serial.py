@@ -21,17 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, runtime_checkable
 
-from pipeline.core.correlate import DeadLetter, Settings
+from pipeline.core.correlate import DeadLetter, Deadlines
 from pipeline.core.engine import Engine
 from pipeline.core.model import CDR
+from pipeline.core.partitioning import DEFAULT_PARTITIONS
 from pipeline.core.refdata import RefDataHolder
 
 if TYPE_CHECKING:
     from rocksdict import Rdict
 
-DEFAULT_PARTITIONS = 8
 FLUSH_EVERY = 50_000
-SETTLE_EVERY = 4_096  # lines between two `settle()` calls (see fewer_gc_passes)
+FREEZE_EVERY = 4_096  # lines between two `freeze_survivors()` calls (see fewer_gc_passes)
 
 
 @dataclass(slots=True)
@@ -103,14 +103,14 @@ def fewer_gc_passes(gen0: int = 100_000) -> Iterator[Callable[[], None]]:
     """Millions of short-lived objects trigger a cyclic GC pass every 700 allocations by
     default; our objects form no cycles worth chasing, so collect far less often.
 
-    Yields `settle`, for the replay loop to call every few thousand lines: what is alive, mostly
-    call states kept for the memory window, goes to the permanent generation, so that no later
-    pass scans it again (the older generations' passes were rescanning every state over and
-    over). The replay makes no reference cycles (tests/unit/test_replay.py checks that a replay
-    leaves no cyclic garbage), so no pass runs before freezing: it cost ~1.5 us per line for
-    nothing; if there were cycles, they would be collected after the replay, when everything
-    is thawed on exit. If the caller froze objects of its own, nothing is frozen (thawing
-    would thaw theirs too).
+    Yields `freeze_survivors`, for the replay loop to call every few thousand lines: what is
+    alive, mostly call states kept for the memory window, goes to the permanent generation, so
+    that no later pass scans it again (the older generations' passes were rescanning every
+    state over and over). The replay makes no reference cycles (tests/unit/test_replay.py
+    checks that a replay leaves no cyclic garbage), so no pass runs before freezing: it would
+    find nothing; if there were cycles, they would be collected after the replay, when
+    everything is thawed on exit. If the caller froze objects of its own, nothing is frozen
+    (thawing would thaw theirs too).
     """
     old = gc.get_threshold()
     freezing = gc.get_freeze_count() == 0
@@ -143,7 +143,7 @@ class RowSink(Protocol):
     def write_rows(self, direction: str, rows: Sequence[bytes]) -> object: ...
 
 
-Sink = Callable[[list[CDR]], object] | RowSink
+CdrOutput = Callable[[list[CDR]], object] | RowSink
 
 
 class Collector:
@@ -158,7 +158,7 @@ class Collector:
 
     def __init__(
         self,
-        sink: Sink,
+        sink: CdrOutput,
         *,
         dead_letter: Callable[[int, DeadLetter], object] | None = None,
         flush_every: int = FLUSH_EVERY,
@@ -223,9 +223,9 @@ class Replay(Collector):
     def __init__(
         self,
         refdata: RefDataHolder,
-        sink: Sink,
+        sink: CdrOutput,
         *,
-        settings: Settings | None = None,
+        settings: Deadlines | None = None,
         partitions: int = DEFAULT_PARTITIONS,
         dead_letter: Callable[[int, DeadLetter], object] | None = None,
         flush_every: int = FLUSH_EVERY,
@@ -236,7 +236,7 @@ class Replay(Collector):
         self.state_dir = state_dir
 
     def run(self, lines: Iterable[tuple[int, bytes]], name: str = "replay") -> ReplaySummary:
-        with fewer_gc_passes() as settle, ExitStack() as stack:
+        with fewer_gc_passes() as freeze_survivors, ExitStack() as stack:
             if self.state_dir is not None:
                 from pipeline.state.rocks import RocksFinal, RocksStates
 
@@ -251,10 +251,10 @@ class Replay(Collector):
                     deadlines=states.deadlines,
                 )
                 self._final = RocksFinal(db)
-            return self._run(lines, name, settle)
+            return self._run(lines, name, freeze_survivors)
 
     def _run(
-        self, lines: Iterable[tuple[int, bytes]], name: str, settle: Callable[[], None]
+        self, lines: Iterable[tuple[int, bytes]], name: str, freeze_survivors: Callable[[], None]
     ) -> ReplaySummary:
         started = time.perf_counter()
         summary = self.summary
@@ -266,8 +266,8 @@ class Replay(Collector):
         count = 0
         for number, raw in lines:
             count += 1
-            if not count % SETTLE_EVERY:
-                settle()
+            if not count % FREEZE_EVERY:
+                freeze_survivors()
             out = feed(raw, name, number)  # = Engine.feed(raw, Source(name, 0, number))
             cdrs = out.cdrs
             if cdrs:
@@ -292,5 +292,5 @@ class Replay(Collector):
 
 
 #: `cdrpipe replay --state auto` keeps the call states on disk for event files larger than
-#: this: ~600k calls, whose states take ~1.7 GB in memory, ~2.9 KB a call remembered
-#: (bench/state_bench.py); on disk they take ~0.4 GB whatever the size, and ~1.5x the CPU.
+#: this (some 600k calls): in memory, remembered calls take KBs each (bench/state_bench.py);
+#: on disk, memory stays bounded whatever the size, for more CPU.

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.correlate import CallState, Held
+from pipeline.core.correlate import CallState, HeldEvent
 from pipeline.core.events import event_from_dict, parse_ts
 from pipeline.core.model import Source
 from pipeline.state.codec import decode_state, encode_state
@@ -23,19 +23,19 @@ __all__ = [
 ]
 
 
-def _held_to_json(held: Held | None) -> list[Any] | None:
+def _held_to_json(held: HeldEvent | None) -> list[Any] | None:
     if held is None:
         return None
     s = held.source
     return [held.raw.decode(), s.topic, s.partition, s.offset]
 
 
-def _held_from_json(data: list[Any] | None) -> Held | None:
+def _held_from_json(data: list[Any] | None) -> HeldEvent | None:
     if data is None:
         return None
     raw = data[0].encode()
     # Accepted once, so valid now: its timestamp can only have fallen further into the past.
-    return Held(event_from_dict(orjson.loads(raw)), raw, Source(data[1], data[2], data[3]))
+    return HeldEvent(event_from_dict(orjson.loads(raw)), raw, Source(data[1], data[2], data[3]))
 
 
 def state_to_changelog(state: CallState) -> bytes:

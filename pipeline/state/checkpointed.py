@@ -46,7 +46,7 @@ from rocksdict import (
     WriteOptions,
 )
 
-from pipeline.core.correlate import CallState, Settings
+from pipeline.core.correlate import CallState, Deadlines
 from pipeline.state import codec
 from pipeline.state.changelog import as_encoded
 from pipeline.state.codec import decode_state, encode_state
@@ -234,7 +234,7 @@ class Rebuild:
     only then writes the checkpoint, so a crash in between leaves a store whose old
     checkpoint (or none) makes the next start read the same records again."""
 
-    def __init__(self, store: PartitionStore, settings: Settings) -> None:
+    def __init__(self, store: PartitionStore, settings: Deadlines) -> None:
         self.store = store
         self.settings = settings
         self.memory_us = settings.memory // _US
@@ -249,8 +249,8 @@ class Rebuild:
 
     def apply(self, records: Iterable[tuple[bytes, bytes | None]]) -> None:
         # Locals for speed: this runs once per record of a rebuild. The records go in one
-        # batch (a put of its own per key costs RocksDB a write of its own: ~1 µs more a
-        # record), written past the log (preset: cheaper than options with every write).
+        # batch (a put of its own per key costs RocksDB a write of its own), written past the
+        # log (preset: cheaper than options with every write).
         db = self.store.db
         db.set_write_options(NO_WAL)
         batch = WriteBatch(raw_mode=True)
@@ -306,7 +306,7 @@ def _state_range() -> ReadOptions:
 
 
 def indexed(
-    value: bytes, settings: Settings, memory_us: int
+    value: bytes, settings: Deadlines, memory_us: int
 ) -> tuple[int, bool, int | None, int | None, int | None]:
     """What a store keeps beside each state it writes, from the state's bytes: its deadline
     (µs since the epoch, `CallState.deadline`), whether the call is open, and the held

@@ -1,9 +1,9 @@
 """A compact binary encoding of a `CallState`, for the disk store (`pipeline.state.rocks`).
 
 Why not the changelog's earlier JSON (`pipeline.state.changelog.state_to_json`): reading that back
-parses and validates every held message again (~10 µs an event), and a replay reads back
-nearly every call it remembers once, when it forgets it. This keeps the parsed fields, so a
-state costs a few µs each way, and keeps exactly what a later correction or dead letter
+parses and validates every held message again, and a replay reads back nearly every call it
+remembers once, when it forgets it. This keeps the parsed fields, so a state costs a fraction
+of that each way, and keeps exactly what a later correction or dead letter
 needs: every field of each held event (times as integer microseconds, the digits beyond
 apart), its raw bytes (duplicates are decided on (ts, raw bytes) and orphans are
 dead-lettered with them, so replay and streaming keep deciding alike) and its `Source`;
@@ -22,8 +22,8 @@ Layout, version 2: a fixed part packed with `struct` (little-endian), then the s
              bytes, its id if it is not the call id (else None), and its optional fields in
              `Event` order (gateway ... disconnect_initiator; the code an int), None if absent
 
-Why marshal for the strings: C code reads them back in ~0.5 µs where slicing and decoding
-each in Python took ~2 µs, and format 2 (no back-references) is a plain length-prefixed layout
+Why marshal for the strings: C code reads them back several times faster than slicing and
+decoding each in Python, and format 2 (no back-references) is a plain length-prefixed layout
 that later Pythons still read. Absent numbers are zeros, which the store's compression takes
 away. An event's `extra` (fields its schema does not know) is not stored: it is read back from
 the raw bytes, as the parser derived it, only for events that had any.
@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.core.correlate import CallState, Held, make_held, make_state
+from pipeline.core.correlate import CallState, HeldEvent, make_held, make_state
 from pipeline.core.events import attributes
 from pipeline.core.model import Event, Source, slot_constructor
 
@@ -131,7 +131,7 @@ def decode_state(data: bytes) -> CallState:
     timed_out_at = epoch + us * numbers[3] if flags & _TIMED_OUT else None
     orphaned_at = epoch + us * numbers[4] if flags & _ORPHANED else None
     trigger = _make_source(strings[1], numbers[5], numbers[6]) if flags & _TRIGGER else None
-    held: list[Held | None] = [None, None, None]
+    held: list[HeldEvent | None] = [None, None, None]
     n, i = 7, 2
     for slot, kind in enumerate(("start", "connect", "end")):
         if not flags >> slot & 1:
@@ -178,7 +178,7 @@ def _since_us(flags: int, numbers: tuple[int, ...]) -> int | None:
 def settled_since(data: bytes) -> datetime | None:
     """For the bytes of a settled state, the time its memory window runs from, as
     `CallState.deadline` takes it (`orphaned_at`, else `last_ts()`), read from the fixed part
-    only: ~0.5 µs instead of a decode. None for an open call's bytes."""
+    only, without a decode. None for an open call's bytes."""
     micros = _since_us(*_fixed(data))
     return None if micros is None else _EPOCH + _US * micros
 

@@ -31,7 +31,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as RdTopicPartition
 from rocksdict import Cache, WriteBufferManager
 
-from pipeline.core.correlate import CallState, Settings
+from pipeline.core.correlate import CallState, Deadlines
 from pipeline.kafka.topics import TOPIC_CHANGELOG, TP
 from pipeline.state.changelog import state_from_changelog
 from pipeline.state.checkpointed import (
@@ -108,7 +108,7 @@ def catch_up_apart(
     root: Path,
     partition: int,
     partitions: int,
-    settings: Settings,
+    settings: Deadlines,
     commits: Mapping[TP, tuple[int, str]],
     topics: tuple[str, ...],
 ) -> Restored:
@@ -174,7 +174,7 @@ def read_changelog(
 def catch_up(
     bootstrap: str,
     store: PartitionStore,
-    settings: Settings,
+    settings: Deadlines,
     commits: Mapping[TP, tuple[int, str]],
     topics: tuple[str, ...],
     doubt: bool = True,

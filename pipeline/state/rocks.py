@@ -68,7 +68,7 @@ REFILL = 1024  # deadline entries moved from disk to memory at a time, per parti
 # are cheap to flush in big pieces) and a 64 MiB block cache for data blocks. Index and bloom
 # filter blocks stay outside the cache, held by the open table files: ~3 bytes a key (30 MB
 # for 10M calls). In the cache, a full cache evicted them and every lookup read a table's
-# whole filter again (0.5 ms a lookup at a million calls).
+# whole filter again (lookups a hundred times slower at a million calls).
 WRITE_BUFFER = 64 << 20
 WRITE_BUFFERS = 3
 BLOCK_CACHE = 64 << 20
@@ -107,9 +107,9 @@ def open_db(
 ) -> Rdict:
     """A RocksDB for state in `path` (created if missing): LZ4 compression on every level,
     16 KiB blocks with bloom filters (most lookups are for new calls, which miss). Not zstd
-    for the bottom level, where most data ends: its compactions cost a rebuild ~1.3 µs of
-    CPU a state more than LZ4's (on a few cores, the rebuild's rate) for a store ~40%
-    smaller. Without `wal` (scratch state) writes skip the write-ahead
+    for the bottom level, where most data ends: its compactions cost a rebuild more CPU per
+    state than LZ4's (on a few cores, the rebuild's rate) for a smaller store
+    (docs/BENCHMARKS.md). Without `wal` (scratch state) writes skip the write-ahead
     log; with it, they are appended but not synced: a killed process loses nothing, a
     crashed host what the OS had not written, never part of a batch.
 

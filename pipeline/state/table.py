@@ -40,7 +40,7 @@ from faust.stores import rocksdb as faust_rocksdb
 from faust.streams import current_event
 from rocksdict import Cache, Rdict, WriteBatch, WriteBufferManager
 
-from pipeline.core.correlate import CallState, Settings
+from pipeline.core.correlate import CallState, Deadlines
 from pipeline.kafka.topics import TP
 from pipeline.state import codec
 from pipeline.state.checkpointed import (
@@ -84,7 +84,7 @@ class CallTable(faust_rocksdb.Store):
 
     def __init__(self, url: Any, app: Any, table: Any, **kwargs: Any) -> None:
         super().__init__(url, app, table, driver="rocksdict", **kwargs)
-        self.settings = Settings()
+        self.settings = Deadlines()
         self._cache = Cache(BLOCK_CACHE)
         self._manager = WriteBufferManager(WRITE_BUFFERS_TOTAL, False)
         self._clocks: dict[int, list[int]] = {}  # partition -> newest µs per kind, -1: none

@@ -17,7 +17,6 @@ chDB facts that shape this module:
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -27,7 +26,7 @@ from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from pipeline.config import data_dir
+from pipeline.config import data_dir, environment
 from pipeline.resources import data_path
 
 __all__ = [
@@ -108,10 +107,7 @@ class StoreError(Exception):
 
 def default_dsn() -> str:
     """``$CDRPIPE_STORE`` if set, else the embedded store ``chdb://<data dir>/store``."""
-    env = os.environ.get("CDRPIPE_STORE")
-    if env:
-        return env
-    return f"chdb://{data_dir() / 'store'}"
+    return environment().store or f"chdb://{data_dir() / 'store'}"
 
 
 def redact_dsn(dsn: str) -> str:

@@ -57,8 +57,8 @@ JSON_INSERT_SETTINGS: dict[str, Any] = {
     "input_format_skip_unknown_fields": 1,
 }
 #: An embedded engine (chDB) inserts on this process's CPU: one thread parses and writes a
-#: batch, without the thread pools a server's parallel parsing sets up per insert (~0.7 us of
-#: CPU less per row, docs/BENCHMARKS.md). A server keeps its own defaults.
+#: batch, without the thread pools a server's parallel parsing sets up per insert (less CPU
+#: per row, docs/BENCHMARKS.md). A server keeps its own defaults.
 EMBEDDED_JSON_INSERT_SETTINGS: dict[str, Any] = {
     **JSON_INSERT_SETTINGS,
     "input_format_parallel_parsing": 0,
@@ -202,7 +202,7 @@ _ROW_TIMES = {
 
 #: Per money column: the row text of each Decimal text seen (itself, if plain and exact).
 #: Charges and rates recur (a deck has few rows, `rating` remembers charges), so most are found
-#: here: ~0.1 us instead of ~0.5 for the pattern. Keyed by text, not value, so a row stays a
+#: here, several times cheaper than the pattern. Keyed by text, not value, so a row stays a
 #: function of its CDR alone (Decimal("0E-6") and Decimal("0") are equal, not written alike).
 _MONEY_TEXT: dict[str, dict[str, str]] = {name: {} for name in _DECIMAL_SCALE}
 _MONEY_TEXT_SIZE = 1 << 16

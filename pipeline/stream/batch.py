@@ -6,7 +6,7 @@ its stream iterator, one event-loop cycle per message, and writes a table change
 message per event through its producer wrappers. On the project machine that machinery
 alone caps a worker at 7.5-14k messages/s with no work done at all, against 220-320k/s for a
 raw aiokafka consumer (`bench/faust_ceiling.py`, docs/BENCHMARKS.md);
-the Faust worker (`--engine faust`, `pipeline.stream.app`) stays available and computes the
+the Faust worker (`--engine faust`, `pipeline.stream.faust_engine`) stays available and computes the
 same CDRs.
 
 One cycle of this worker:
@@ -38,7 +38,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,7 +48,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalGenerationError, UnknownMemberIdError
 
 from pipeline import config, metrics
-from pipeline.core.correlate import CallState, Settings, partition_for
+from pipeline.core.correlate import CallState, Deadlines, partition_for
 from pipeline.core.engine import Outcome
 from pipeline.core.events import event_time
 from pipeline.core.model import Source
@@ -57,15 +57,14 @@ from pipeline.kafka.membership import instance_id, leave
 from pipeline.kafka.topics import (
     CO_PARTITIONED,
     INPUT_TOPICS,
-    TOPIC_CDR,
     TOPIC_CHANGELOG,
-    TOPIC_DLQ,
     TOPIC_REPARTITION,
     TOPIC_TICKS,
     TP,
     WORKER_TOPICS,
     ensure_topics_async,
 )
+from pipeline.logs import configure_logging, dump_tasks
 from pipeline.state.changelog import state_from_changelog, state_to_changelog
 from pipeline.state.checkpointed import Checkpoint, DiskStates, StoreCorrupt, clock_us
 from pipeline.state.restore import (
@@ -79,17 +78,23 @@ from pipeline.state.slots import claim_slot
 from pipeline.stream.alignment import TimeAlignment
 from pipeline.stream.codec import (
     PROGRESS_HEADERS,
-    cdr_to_bytes,
-    dead_letter_headers,
     is_progress,
     repartition_headers,
 )
+from pipeline.stream.fetch import (
+    FETCH_MAX_BYTES,
+    fetch_evenly,
+    in_topic_order,
+    partition_fetch_bytes,
+)
+from pipeline.stream.gc_policy import GcPolicy
+from pipeline.stream.memory_states import ChangelogStates
+from pipeline.stream.outbox import Outbox
 from pipeline.stream.progress import WORKER_GROUP
 from pipeline.stream.runtime import (
     REFDATA_POLL_S,
     TICK_INTERVAL_S,
     WATCHDOG_POLL_S,
-    States,
     WorkerRuntime,
     check_commits,
     known_commits,
@@ -108,7 +113,6 @@ MAX_RECORDS = 20_000  # messages per cycle
 # its outputs and commit come after 2,500 messages instead of 20,000 (`bench/startup_bench.py`).
 RAMP_FROM = 8
 GAUGE_POLL_S = 5.0
-FETCH_MAX_BYTES = 32 * 1024 * 1024  # one fetch response, all partitions together
 # Partition p of every input topic (and of the ticks) must go to the same worker: a call's
 # three events are on partition p of three topics. The range assignor lays out each topic's
 # partitions in the same member order, so it co-partitions topics of equal partition counts;
@@ -122,225 +126,6 @@ ALIVE_EVERY_S = 5.0  # a long recovery step tells the loop watchdog it is alive 
 RESTORE_YIELD_EVERY = 5_000  # states decoded between two turns of the event loop
 
 
-def partition_fetch_bytes(partitions: int) -> int:
-    """The most one fetch takes of one topic-partition: a fetch response then holds every
-    topic-partition a worker can own (each topic's `partitions`).
-
-    The broker fills a response partition by partition, in request order, which aiokafka
-    groups by topic. With 4 MB per partition, a 32 MB response held 8 partitions of one
-    topic: a worker started on a backlog spent its first 60,000-100,000 messages on starts,
-    connects or ends alone and emitted its first CDR seconds later (`bench/startup_bench.py`).
-    """
-    per_partition = FETCH_MAX_BYTES // (len(OWN_TOPICS) * max(1, partitions))
-    return max(256 * 1024, min(4 * 1024 * 1024, per_partition))
-
-
-async def fetch_evenly(
-    consumer: AIOKafkaConsumer,
-    max_records: int,
-    timeout_ms: int,
-    rebalances: Callable[[], int] = lambda: 0,
-) -> dict[TopicPartition, list[Any]]:
-    """Up to `max_records` fetched messages, at most an equal share of each owned
-    topic-partition first, then any others in the order aiokafka keeps them; waits up to
-    `timeout_ms` for the first. Returned as start, connect, end, then ticks.
-
-    aiokafka hands out its buffered messages partition after partition, so on a backlog a
-    plain `getmany` filled whole cycles with one topic: starts without their ends, no CDR,
-    and each call written to the changelog once per topic instead of once per cycle. Even
-    shares keep the three topics of a cycle at about the same time.
-
-    Only the first `getmany` waits; the others take what is buffered, unless a rebalance
-    begins (`rebalances()`, counted by the listener, changes): messages of the new
-    assignment are then put back (seek) rather than joined to those of the old one.
-    """
-    owned = consumer.assignment()
-    # Before the first assignment the shares are unknown: one message, then share out.
-    first = max(1, max_records // len(owned)) if owned else 1
-    batch = await consumer.getmany(timeout_ms=timeout_ms, max_records=first)
-    taken = sum(map(len, batch.values()))
-    if taken < first:  # everything buffered: no backlog to share out
-        return _in_topic_order(batch)
-    generation = rebalances()
-    owned = sorted(consumer.assignment())
-    share = max(1, max_records // max(1, len(owned)))
-
-    async def more(*tps: TopicPartition, limit: int) -> int:
-        records = await consumer.getmany(*tps, max_records=limit)
-        if rebalances() != generation:
-            owned_now = consumer.assignment()
-            for tp, got in records.items():
-                if tp in owned_now:
-                    consumer.seek(tp, got[0].offset)
-            return -1
-        for tp, got in records.items():
-            batch.setdefault(tp, []).extend(got)
-        return sum(map(len, records.values()))
-
-    for tp in owned:
-        want = min(share - len(batch.get(tp, ())), max_records - taken)
-        if want > 0:
-            got = await more(tp, limit=want)
-            if got < 0:
-                return _in_topic_order(batch)
-            taken += got
-    if taken < max_records:
-        await more(limit=max_records - taken)
-    return _in_topic_order(batch)
-
-
-_TOPIC_RANK = {topic: rank for rank, topic in enumerate(OWN_TOPICS)}
-
-
-def _in_topic_order(batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
-    """A call's events in the order they happen (fewer corrected CDR versions in a cycle)."""
-    return dict(
-        sorted(batch.items(), key=lambda item: (_TOPIC_RANK.get(item[0].topic, 9), item[0]))
-    )
-
-
-class GcPolicy:
-    """Cyclic GC for a process that keeps hundreds of thousands of call states alive.
-
-    With CPython's defaults a collection runs every 700 allocations and the older generations'
-    passes rescan every remembered state: profiled, a third of a worker's time went to GC
-    pauses, billed to whatever line allocated. After each cycle, what survived is moved to the
-    permanent generation (after a young pass, so that the cycle's own reference cycles -
-    futures, fetch results - are collected first), and the threshold is raised as in the
-    offline replay. Garbage cycles among frozen objects would never be found, so every
-    `full_every_s` everything is thawed and fully collected once.
-    """
-
-    def __init__(self, gen0: int = 100_000, full_every_s: float = 600.0) -> None:
-        self.full_every_s = full_every_s
-        self.last_full = time.monotonic()
-        gc.set_threshold(gen0, *gc.get_threshold()[1:])
-
-    def after_cycle(self) -> None:
-        now = time.monotonic()
-        if now - self.last_full >= self.full_every_s:
-            gc.unfreeze()
-            gc.collect()
-            self.last_full = now
-        else:
-            gc.collect(0)
-        gc.freeze()
-
-
-class ChangelogStates(States):
-    """Call states in memory, remembering which calls changed (and on which partition) since
-    the last `changes()`, so that a cycle writes each changed call to the changelog once."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, CallState] = {}
-        self.partition_of: dict[str, int] = {}
-        self.changed: dict[str, int] = {}
-        self.current = 0  # the partition whose messages are being processed
-
-    def __getitem__(self, key: str) -> CallState:
-        return self.data[key]
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def __setitem__(self, key: str, state: CallState) -> None:
-        self.data[key] = state
-        self.partition_of[key] = self.changed[key] = self.current
-
-    def __delitem__(self, key: str) -> None:
-        del self.data[key]
-        self.changed[key] = self.partition_of.pop(key, self.current)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self.data))
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def changes(self) -> list[tuple[str, int, CallState | None]]:
-        """(call id, partition, new state or None when forgotten) since the last call."""
-        out = [(key, p, self.data.get(key)) for key, p in self.changed.items()]
-        self.changed = {}
-        return out
-
-    def restore(self, key: str, partition: int, state: CallState | None) -> None:
-        """A state read back from the changelog (None: a tombstone); not a change."""
-        if state is None:
-            self.data.pop(key, None)
-            self.partition_of.pop(key, None)
-        else:
-            self.data[key] = state
-            self.partition_of[key] = partition
-
-    def drop(self, partitions: set[int]) -> None:
-        """Forget the states of partitions this worker no longer owns."""
-        for key in [k for k, p in self.partition_of.items() if p in partitions]:
-            del self.data[key]
-            del self.partition_of[key]
-
-
-class Outbox:
-    """Messages of one cycle, appended to one producer batch per topic-partition (no
-    coroutine per message), then sent together; `send()` returns when all are durable."""
-
-    def __init__(self, producer: AIOKafkaProducer, partition_of: Any) -> None:
-        self.producer = producer
-        self.partition_of = partition_of  # call id -> partition of its CDRs
-        self.open: dict[tuple[str, int], list[Any]] = {}  # [batch, records in it]
-        self.full: list[tuple[str, int, Any, int]] = []
-        self.count = 0
-
-    def add(
-        self,
-        topic: str,
-        partition: int,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]] | None = None,
-        timestamp: int | None = None,
-    ) -> None:
-        tp = (topic, partition)
-        entry = self.open.get(tp)
-        if entry is None:
-            entry = self.open[tp] = [self.producer.create_batch(), 0]
-        headers = headers or []
-        if entry[0].append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
-            self.full.append((topic, partition, entry[0], entry[1]))
-            entry = self.open[tp] = [self.producer.create_batch(), 0]
-            if entry[0].append(key=key, value=value, timestamp=timestamp, headers=headers) is None:
-                raise ValueError(f"message of {len(value or b'')} bytes exceeds a batch")
-        entry[1] += 1
-        self.count += 1
-
-    def add_outcome(self, outcome: Outcome, key: bytes | None = None) -> None:
-        """CDRs and dead letters go to the partition of the message that triggered them (a
-        dead letter's source) - the call's partition, as the inputs are keyed by call id."""
-        for cdr in outcome.cdrs:
-            self.add(TOPIC_CDR, self.partition_of(cdr.id), cdr.id.encode(), cdr_to_bytes(cdr))
-        for dead in outcome.dead:
-            dead_key = dead.call_id.encode() if dead.call_id else key
-            p = dead.source.partition
-            self.add(TOPIC_DLQ, p, dead_key, dead.raw, dead_letter_headers(dead))
-
-    async def send(self) -> dict[tuple[str, int], int]:
-        """Send everything; returns, per topic-partition written, the offset after the last
-        record (a partition's store checkpoints the changelog's)."""
-        batches = self.full + [(t, p, b, n) for (t, p), (b, n) in self.open.items()]
-        self.full, self.open, self.count = [], {}, 0
-        futures = []
-        for topic, partition, batch, _ in batches:
-            batch.close()
-            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        ends: dict[tuple[str, int], int] = {}
-        if futures:
-            sent = await asyncio.gather(*futures)
-            for (topic, partition, _, n), meta in zip(batches, sent, strict=True):
-                end = meta.offset + n
-                if end > ends.get((topic, partition), -1):
-                    ends[(topic, partition)] = end
-        return ends
-
-
 class BatchWorker:
     """One worker process: owns some partitions of the input topics via the consumer group."""
 
@@ -349,7 +134,7 @@ class BatchWorker:
         *,
         bootstrap: str | None = None,
         partitions: int | None = None,
-        settings: Settings | None = None,
+        settings: Deadlines | None = None,
         idle_after: float = 5.0,
         max_records: int = MAX_RECORDS,
         state_dir: Path | None = None,
@@ -374,7 +159,7 @@ class BatchWorker:
         self.runtime: WorkerRuntime
         self.max_records = max_records
         self.limit = max(1, max_records // RAMP_FROM)  # of the next cycle: see RAMP_FROM
-        self.watchdog = CommitWatchdog(stall_s=float(config.env("CDRPIPE_STALL_S", "60")))
+        self.watchdog = CommitWatchdog(stall_s=config.environment().stall_s)
         self.lock = asyncio.Lock()
         self.held: set[int] = set()  # partitions whose states are in memory and current
         # Partitions whose messages may be processed now: between a revocation and the end of
@@ -451,7 +236,7 @@ class BatchWorker:
             lambda tp: self.position.get((tp.topic, tp.partition)),
             self.consumer.pause,
             lambda *tps: self.consumer.resume(*set(tps) & self.consumer.assignment()),
-            grace=float(config.env("CDRPIPE_ALIGN_GRACE_S", "0.3")),
+            grace=config.environment().align_grace_s,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -495,7 +280,7 @@ class BatchWorker:
         self.stopping.set()
 
     async def _loop(self) -> None:
-        time_aligned = config.env("CDRPIPE_TIME_ALIGNED", "1") != "0"
+        time_aligned = config.environment().time_aligned
         stopping = asyncio.ensure_future(self.stopping.wait())
         while not self.stopping.is_set():
             fetch = asyncio.ensure_future(
@@ -510,7 +295,7 @@ class BatchWorker:
                 ready = self.ready
                 owned = [tp for tp in self.consumer.assignment() if tp.partition in ready]
                 share = max(1, self.max_records // max(1, len(owned)))
-                batch = _in_topic_order(self.alignment.take(batch, owned, share, self.limit))
+                batch = in_topic_order(self.alignment.take(batch, owned, share, self.limit))
             if batch:
                 async with self.lock:
                     try:
@@ -860,7 +645,7 @@ class BatchWorker:
             await reader.stop()
         restore = self.states.restore
         # Decoding makes no reference cycles, and the collector's passes would only rescan
-        # the states decoded so far (12% of a recovery's CPU).
+        # the states decoded so far (a good part of a recovery's CPU).
         collecting = gc.isenabled()
         gc.disable()
         try:
@@ -953,43 +738,8 @@ class _Listener(ConsumerRebalanceListener):
             await self.worker.on_assigned(set(assigned))
 
 
-def dump_tasks() -> None:
-    """`kill -USR1 <pid>`: log where every asyncio task of the worker is waiting."""
-    for task in asyncio.all_tasks():
-        frames = task.get_stack()
-        where = " <- ".join(f"{f.f_code.co_name}:{f.f_lineno}" for f in reversed(frames))
-        log.error("task %s: %s", task.get_name(), where or "(not started)")
-
-
-class RepeatFilter(logging.Filter):
-    """At most one aiokafka record per logger and message template every `every` seconds:
-    while the broker is away, aiokafka logs the same connection error thousands of times a
-    second (13 MB in 10 s, seen in the reliability suite)."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        super().__init__()
-        self.every = every
-        self.last: dict[tuple[str, object], float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith("aiokafka"):
-            return True
-        key = (record.name, record.msg)
-        now = time.monotonic()
-        if now - self.last.get(key, -self.every) < self.every:
-            return False
-        self.last[key] = now
-        return True
-
-
 def run_batch_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:
     """Run one batch worker process until it is stopped (SIGTERM/SIGINT)."""
-    logging.basicConfig(
-        level=getattr(logging, config.env("CDRPIPE_LOGLEVEL", "warning").upper(), logging.WARNING),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RepeatFilter())
+    configure_logging()
     metrics.serve(metrics_port)
     asyncio.run(BatchWorker(**kwargs).run())

@@ -3,7 +3,7 @@
 A worker owns some partitions, feeds their messages to the engine, moves idle partitions'
 event time on with ticks, and after every (re)assignment re-sends the outputs a crash may
 have lost. How messages arrive and how call states are made durable differ per engine
-(`pipeline.stream.app`, `pipeline.stream.batch`); the decisions do not, so they live here.
+(`pipeline.stream.faust_engine`, `pipeline.stream.batch`); the decisions do not, so they live here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from pipeline import config
-from pipeline.core.correlate import CallState, Correlator, EventClock, Settings, partition_for
+from pipeline.core.correlate import CallState, Correlator, Deadlines, EventClock, partition_for
 from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
 from pipeline.core.partitioning import CanonicalPartition
@@ -77,7 +77,7 @@ class WorkerRuntime:
         self,
         refdata: RefDataHolder,
         states: States,
-        settings: Settings,
+        settings: Deadlines,
         partitions: int,
         idle_after: float,
     ) -> None:
@@ -281,7 +281,7 @@ async def wait_for_broker(bootstrap: str, wait_s: float | None = None) -> None:
     instead of failing at once (aiokafka and Faust give up on the first refused bootstrap) and
     being restarted in a loop by its supervisor."""
     if wait_s is None:
-        wait_s = float(config.env("CDRPIPE_BROKER_WAIT_S", "300"))
+        wait_s = config.environment().broker_wait_s
     deadline = time.monotonic() + wait_s
     delay = 0.5
     while True:

@@ -172,8 +172,7 @@ def run_sink(
     from pipeline.store.writer import CdrWriter
 
     writer = CdrWriter(connect(store))
-    hold = config.env("CDRPIPE_SINK_HOLD_FILE", "")
-    write = held_by(Path(hold) if hold else None, writer.write_json)
+    write = held_by(config.environment().sink_hold_file, writer.write_json)
     sink = Sink(write, **kwargs)  # type: ignore[arg-type]
 
     async def main() -> None:

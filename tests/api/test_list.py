@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from pipeline.api.models import cdr_out
-from pipeline.api.queries import encode_cursor
+from pipeline.api.store_access import encode_cursor
 from pipeline.store.queries import CdrFilter, select_cdrs
 from pipeline.store.writer import CdrWriter
 from tests.api.conftest import BULK_DAYS, Env, auth

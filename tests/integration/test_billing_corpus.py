@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from pipeline.chaos import read_dlq
-from pipeline.core.correlate import DeadLetter, Settings, partition_for
+from pipeline.core.correlate import DeadLetter, Deadlines, partition_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.demo import Pipeline
 from pipeline.kafka.topics import INPUT_TOPICS
@@ -47,7 +47,7 @@ META_FIELDS = ("direction", "account", "flags", "rated", "timed_out", "status", 
 LATER_TRAFFIC = "bc-z"  # ids of the calls that move event time past every deadline
 DUPLICATES = 4  # bc-o45: start, connect and end sent twice; bc-i19: start sent twice
 _TS = re.compile(rb'("ts": ")([0-9]{4}-[0-9]{2}-[0-9]{2})')
-# Settings that would change the outcome of the corpus if the environment had them.
+# Deadlines that would change the outcome of the corpus if the environment had them.
 _ENV = (
     "CDRPIPE_BILL_TIMED_OUT",
     "CDRPIPE_MAX_CALL_S",
@@ -216,7 +216,7 @@ def dead_letter_key(raw: bytes, kind: str) -> tuple[str, str, str]:
 
 
 def replay(
-    corpus: Corpus, store: Path, settings: Settings | None = None
+    corpus: Corpus, store: Path, settings: Deadlines | None = None
 ) -> tuple[str, ReplaySummary, list[DeadLetter]]:
     dsn = f"chdb://{store}"
     dead: list[DeadLetter] = []
@@ -306,7 +306,7 @@ def test_replay_can_bill_timed_out_calls_to_the_deadline(corpus, tmp_path):
         assert meta[call_id]["timed_out"] == "true"
         meta[call_id]["rated"] = "true"
     billed = dataclasses.replace(corpus, expected=expected, meta=meta)
-    dsn, summary, _ = replay(billed, tmp_path / "store", Settings(bill_timed_out=True))
+    dsn, summary, _ = replay(billed, tmp_path / "store", Deadlines(bill_timed_out=True))
     problems = store_problems(dsn, billed)
     assert not problems, f"{len(problems)} differences:\n" + "\n".join(problems)
     assert summary.timed_out == 2

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.core.cdr import build_cdr
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.model import CDR, Event
 from pipeline.core.refdata import RefDataHolder, load_refdata
 from pipeline.replay import replay_file
@@ -148,7 +148,7 @@ def store(tmp_path: Path, config_dir: Path) -> Iterator[Client]:
     client = connect(f"chdb://{tmp_path / 'store'}")
     try:
         writer = CdrWriter(client)
-        settings = Settings(
+        settings = Deadlines(
             max_call_duration=timedelta(minutes=15),
             orphan_wait=timedelta(minutes=2),
             memory=timedelta(hours=24),

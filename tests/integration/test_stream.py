@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.chaos import read_dlq
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.refdata import RefDataHolder
 from pipeline.demo import Pipeline
 from pipeline.replay import replay_file
@@ -71,7 +71,7 @@ def run_stream(
     return store
 
 
-def run_replay(tmp_path: Path, sim, settings: Settings | None = None) -> tuple[str, object]:
+def run_replay(tmp_path: Path, sim, settings: Deadlines | None = None) -> tuple[str, object]:
     path = tmp_path / "events.jsonl"
     write_jsonl(sim.messages, path)
     store = f"chdb://{tmp_path / 'replay-store'}"
@@ -162,7 +162,9 @@ def test_bad_messages_go_to_dlq_and_deadlines_close_calls(broker, tmp_path):
     }  # event time only: exactly like replay
     scraped: dict[str, str] = {}
     stream_store = run_stream(broker, tmp_path, sim, env=deadlines, scrape=scraped)
-    settings = Settings(max_call_duration=timedelta(seconds=300), orphan_wait=timedelta(seconds=60))
+    settings = Deadlines(
+        max_call_duration=timedelta(seconds=300), orphan_wait=timedelta(seconds=60)
+    )
     replay_store, summary = run_replay(tmp_path, sim, settings)
     stream, replay = dump_store(stream_store), dump_store(replay_store)
     assert_same_cdrs(stream, replay)

@@ -30,12 +30,12 @@ def _package(tmp_path: Path) -> Path:
     return pkg
 
 
-def test_a_compiled_twin_not_vouched_for_loads_from_source(tmp_path):
+def test_a_compiled_twin_of_a_changed_source_loads_from_source(tmp_path):
     pkg = _package(tmp_path)
     guard = _accel.SourceGuard("pkg", frozenset())
     spec = guard.find_spec("pkg.fast", [str(pkg)])
     assert spec is not None and spec.origin == str(pkg / "fast.py")
-    # vouched for: left to Python's finders, which prefer the compiled module
+    # compiled from another source: left to Python's finders, which prefer the compiled module
     assert (
         _accel.SourceGuard("pkg", frozenset({"pkg.fast"})).find_spec("pkg.fast", [str(pkg)]) is None
     )
@@ -44,21 +44,21 @@ def test_a_compiled_twin_not_vouched_for_loads_from_source(tmp_path):
     assert guard.find_spec("pkg", None) is None  # the package itself
 
 
-def test_the_manifest_vouches_only_for_unchanged_sources(tmp_path):
+def test_the_manifest_counts_only_unchanged_sources(tmp_path):
     pkg = _package(tmp_path)
     digest = hashlib.sha256(b"X = 1\n").hexdigest()
     manifest = tmp_path / "_compiled.json"
     manifest.write_text(json.dumps({"pkg.fast": digest, "pkg.gone": digest}))
-    assert _accel.vouched(manifest, tmp_path) == {"pkg.fast"}
+    assert _accel.compiled_from_current_source(manifest, tmp_path) == {"pkg.fast"}
     (pkg / "fast.py").write_text("X = 3\n")  # edited after the build
-    assert _accel.vouched(manifest, tmp_path) == frozenset()
+    assert _accel.compiled_from_current_source(manifest, tmp_path) == frozenset()
     manifest.write_text("not json")
-    assert _accel.vouched(manifest, tmp_path) == frozenset()
-    assert _accel.vouched(tmp_path / "missing.json", tmp_path) == frozenset()
+    assert _accel.compiled_from_current_source(manifest, tmp_path) == frozenset()
+    assert _accel.compiled_from_current_source(tmp_path / "missing.json", tmp_path) == frozenset()
 
 
-def test_exactly_the_vouched_modules_run_compiled():
-    """In this very test run: compiled where the build vouches for the source, source elsewhere;
+def test_exactly_the_modules_compiled_from_their_current_source_run_compiled():
+    """In this very test run: compiled where the build compiled the source as it is, else source;
     with CDRPIPE_PURE_PYTHON nothing compiled; with CDRPIPE_REQUIRE_COMPILED (scripts/test.sh)
     every module pyproject.toml lists."""
     for name in listed():
@@ -67,6 +67,6 @@ def test_exactly_the_vouched_modules_run_compiled():
     if _accel.pure_python():
         assert running == set()
         return
-    assert running == _accel.vouched(_accel.MANIFEST, ROOT) & set(listed())
+    assert running == _accel.compiled_from_current_source(_accel.MANIFEST, ROOT) & set(listed())
     if os.environ.get("CDRPIPE_REQUIRE_COMPILED", "") not in ("", "0"):
         assert running == set(listed())

@@ -8,7 +8,8 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
 from pipeline.core.correlate import CallState
 from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_TICKS
-from pipeline.stream.batch import ASSIGNOR, ChangelogStates
+from pipeline.stream.batch import ASSIGNOR
+from pipeline.stream.memory_states import ChangelogStates
 
 TOPICS = [*INPUT_TOPICS, TOPIC_TICKS]
 

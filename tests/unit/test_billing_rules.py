@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.engine import Engine
 from pipeline.core.model import CDR, Source
 from pipeline.core.refdata import RefDataHolder
@@ -300,7 +300,7 @@ def test_a_timed_out_call_is_stored_unrated_by_default(engine: Engine):
 def test_an_operator_may_bill_timed_out_calls(tmp_path: Path):
     for name, text in (("rates.csv", RATES), ("trunks.csv", TRUNKS), ("dids.csv", DIDS)):
         (tmp_path / name).write_text(text)
-    engine = Engine(RefDataHolder(tmp_path), settings=Settings(bill_timed_out=True))
+    engine = Engine(RefDataHolder(tmp_path), settings=Deadlines(bill_timed_out=True))
     cdr = _timed_out(engine)
     assert cdr.timed_out and cdr.rated
     assert cdr.charged == D("2.639633")  # 14398 s at 0.0110/min, half-up

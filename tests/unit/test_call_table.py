@@ -21,7 +21,7 @@ from pipeline.core.refdata import RefDataHolder
 from pipeline.state.changelog import state_from_changelog, state_to_json
 from pipeline.state.codec import encode_state
 from pipeline.state.table import CLOCK, CallTable
-from pipeline.stream.app import DiskTableStates
+from pipeline.stream.faust_engine import DiskTableStates
 
 from .test_rocks_states import CONFIG, SETTINGS, T0, sim_lines
 

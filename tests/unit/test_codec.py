@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import Replay
@@ -41,7 +41,7 @@ def cdrs() -> list[CDR]:
         )
     )
     out: list[CDR] = []
-    settings = Settings(max_call_duration=timedelta(minutes=15))
+    settings = Deadlines(max_call_duration=timedelta(minutes=15))
     replay = Replay(RefDataHolder(CONFIG), out.extend, settings=settings)
     replay.run((i, m.value) for i, m in enumerate(sim.messages))
     return out

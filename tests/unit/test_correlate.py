@@ -15,24 +15,24 @@ from pipeline.core.correlate import (
     CallState,
     Correlator,
     DeadLetter,
+    Deadlines,
     Duplicate,
     Emit,
-    Held,
-    Settings,
+    HeldEvent,
     murmur2,
     partition_for,
 )
 from pipeline.core.model import Event, Source
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-SETTINGS = Settings(
+SETTINGS = Deadlines(
     max_call_duration=timedelta(hours=4),
     orphan_wait=timedelta(hours=1),
     memory=timedelta(hours=24),
 )
 
 
-def held(kind: str, call_id: str = "c1", at: float = 0.0, **fields) -> Held:
+def held(kind: str, call_id: str = "c1", at: float = 0.0, **fields) -> HeldEvent:
     ts = T0 + timedelta(seconds=at)
     if kind == "start":
         fields = {
@@ -53,10 +53,10 @@ def held(kind: str, call_id: str = "c1", at: float = 0.0, **fields) -> Held:
         }
     event = Event(kind=kind, id=call_id, ts=ts, **fields)
     raw = orjson.dumps({"event": kind, "id": call_id, "ts": ts.isoformat(), **fields})
-    return Held(event, raw, Source("t", 0, 0))
+    return HeldEvent(event, raw, Source("t", 0, 0))
 
 
-def run(events: list[Held], correlator: Correlator | None = None) -> tuple[Correlator, list]:
+def run(events: list[HeldEvent], correlator: Correlator | None = None) -> tuple[Correlator, list]:
     correlator = correlator or Correlator({}, SETTINGS)
     actions = []
     for h in events:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.engine import Engine
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
@@ -127,7 +127,7 @@ def test_feed_line_routes_or_takes_the_given_partition(refdata):
 
 
 def final_cdrs(refdata, raws: list[bytes]) -> dict:
-    engine = Engine(refdata, settings=Settings())
+    engine = Engine(refdata, settings=Deadlines())
     cdrs, _ = feed_all(engine, raws)
     latest = {}
     for cdr in cdrs:

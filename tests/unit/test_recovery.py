@@ -14,13 +14,13 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.core.correlate import CallState, Correlator, DeadLetter, Emit, Held, Settings
+from pipeline.core.correlate import CallState, Correlator, DeadLetter, Deadlines, Emit, HeldEvent
 from pipeline.core.correlate import partition_for as route
 from pipeline.core.events import parse_event
 from pipeline.core.model import Source
 from pipeline.core.refdata import RefDataHolder
 from pipeline.state.changelog import state_from_json, state_to_json
-from pipeline.stream.app import TableStates
+from pipeline.stream.faust_engine import TableStates
 from pipeline.stream.runtime import WorkerRuntime
 
 from .test_correlate import SETTINGS, T0, held, move_to, run
@@ -86,9 +86,9 @@ def test_more_of_an_orphan_after_the_verdict_is_dead_lettered_at_once_and_only_o
     assert not [a for a in again if isinstance(a, DeadLetter) and a.call_id == "o5"]
 
 
-def valid(raw: bytes, offset: int = 0) -> Held:
+def valid(raw: bytes, offset: int = 0) -> HeldEvent:
     event = parse_event(raw)
-    return Held(event, raw, Source(TOPICS[event.kind], 0, offset))
+    return HeldEvent(event, raw, Source(TOPICS[event.kind], 0, offset))
 
 
 def test_states_with_tombstones_and_triggers_survive_the_changelog_codec():
@@ -107,7 +107,7 @@ def test_states_with_tombstones_and_triggers_survive_the_changelog_codec():
 def crash_and_recover(committed_share: float):
     """Feed a partition's traffic, lose every output after the commit point, recover."""
     refdata = RefDataHolder(CONFIG)
-    settings = Settings(orphan_wait=timedelta(seconds=600), memory=timedelta(days=1))
+    settings = Deadlines(orphan_wait=timedelta(seconds=600), memory=timedelta(days=1))
     table: dict[bytes, bytes] = {}
     first = WorkerRuntime(refdata, TableStates(table), settings, 8, idle_after=1e9)
     first.on_assigned({0, 1, 2, 3, 4, 5, 6, 7})

@@ -54,11 +54,11 @@ def test_a_replay_leaves_no_cyclic_garbage(tmp_path):
             gc.enable()
 
 
-def test_settle_freezes_and_everything_is_thawed_on_exit():
+def test_freeze_survivors_freezes_and_everything_is_thawed_on_exit():
     assert gc.get_freeze_count() == 0
-    with fewer_gc_passes() as settle:
+    with fewer_gc_passes() as freeze_survivors:
         keep = [[] for _ in range(100)]
-        settle()
+        freeze_survivors()
         assert gc.get_freeze_count() >= 100
     assert gc.get_freeze_count() == 0
     assert keep

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.correlate import DeadLetter, Settings, murmur2, partition_for
+from pipeline.core.correlate import DeadLetter, Deadlines, murmur2, partition_for
 from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR
 from pipeline.core.refdata import RefDataHolder
@@ -38,7 +38,7 @@ from pipeline.simulate import SimConfig, generate, write_jsonl
 from pipeline.store.writer import decode_row
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
-SETTINGS = Settings(
+SETTINGS = Deadlines(
     max_call_duration=timedelta(minutes=15),
     orphan_wait=timedelta(minutes=2),
     memory=timedelta(minutes=10),

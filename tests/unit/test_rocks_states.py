@@ -12,7 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from pipeline.core.correlate import CallState, Correlator, Held, Settings
+from pipeline.core.correlate import CallState, Correlator, Deadlines, HeldEvent
 from pipeline.core.engine import Engine
 from pipeline.core.model import Event, Source
 from pipeline.core.refdata import RefDataHolder
@@ -22,7 +22,7 @@ from pipeline.state.rocks import RocksDeadlines, RocksFinal, RocksStates, open_d
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "config"
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
-SETTINGS = Settings(
+SETTINGS = Deadlines(
     max_call_duration=timedelta(minutes=15),
     orphan_wait=timedelta(minutes=2),
     memory=timedelta(minutes=10),
@@ -36,7 +36,7 @@ def db(tmp_path):
     db.close()
 
 
-def held(kind: str, call_id: str, at: float) -> Held:
+def held(kind: str, call_id: str, at: float) -> HeldEvent:
     ts = T0 + timedelta(seconds=at)
     fields: dict = {}
     if kind == "start":
@@ -46,7 +46,7 @@ def held(kind: str, call_id: str, at: float) -> Held:
         fields = {"disconnect_code": 200, "disconnect_reason": "Bye"}
         fields |= {"disconnect_initiator": "origination"}
     raw = orjson.dumps({"event": kind, "id": call_id, "ts": ts.isoformat(), **fields})
-    return Held(Event(kind, call_id, ts, **fields), raw, Source("t", 0, 0))
+    return HeldEvent(Event(kind, call_id, ts, **fields), raw, Source("t", 0, 0))
 
 
 def all_keys(db) -> list[bytes]:

@@ -19,7 +19,7 @@ import phonenumbers
 import pytest
 from phonenumbers import PhoneNumberType
 
-from pipeline.core.correlate import Settings
+from pipeline.core.correlate import Deadlines
 from pipeline.core.countries import country_name
 from pipeline.core.engine import Engine
 from pipeline.core.model import CDR, Source
@@ -236,7 +236,7 @@ def replayed() -> Replayed:
         elif event["event"] == "end":
             ended.add(event["id"])
     final: dict[str, CDR] = {}
-    settings = Settings(max_call_duration=timedelta(minutes=15))
+    settings = Deadlines(max_call_duration=timedelta(minutes=15))
     Replay(RefDataHolder(CONFIG), lambda batch: final.update((c.id, c) for c in batch),
            settings=settings).run((i, m.value) for i, m in enumerate(sim.messages))  # fmt: skip
     # Never-ending calls of the last 15 minutes stay open; every other call has its CDR.

@@ -13,7 +13,8 @@ from pathlib import Path
 from aiokafka import TopicPartition
 
 from pipeline.kafka.topics import TOPIC_CONNECT, TOPIC_END, TOPIC_START, TOPIC_TICKS
-from pipeline.stream.batch import FETCH_MAX_BYTES, OWN_TOPICS, fetch_evenly, partition_fetch_bytes
+from pipeline.stream.batch import OWN_TOPICS
+from pipeline.stream.fetch import FETCH_MAX_BYTES, fetch_evenly, partition_fetch_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,7 +37,7 @@ OTHER_MODULES = (
     "pipeline.replay",
     "pipeline.api",
     "pipeline.store",
-    "pipeline.stream.app",
+    "pipeline.stream.faust_engine",
 )
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.correlate import CallState, Held, Settings
+from pipeline.core.correlate import CallState, Deadlines, HeldEvent
 from pipeline.core.events import attributes, parse_event
 from pipeline.core.model import Event, Source
 from pipeline.state.codec import decode_state, encode_state, settled_since
@@ -43,7 +43,7 @@ JSON = st.recursive(
 
 
 @st.composite
-def helds(draw, kind: str, call_id: str) -> Held:
+def helds(draw, kind: str, call_id: str) -> HeldEvent:
     fields = {name: draw(st.none() | strategy) for name, strategy in OPTIONAL.items()}
     ts = draw(TIMES)
     extra = draw(st.dictionaries(TEXT.map(lambda k: f"x-{k}"), JSON, max_size=3))
@@ -55,7 +55,7 @@ def helds(draw, kind: str, call_id: str) -> Held:
         event = Event(kind, event_id, ts, event.ts_sub_us, **fields, extra=extra)
     else:
         raw = draw(st.binary(max_size=300) | st.just(b"x" * 70_000))  # 64 KiB is allowed
-    return Held(event, raw, draw(SOURCES))
+    return HeldEvent(event, raw, draw(SOURCES))
 
 
 @st.composite
@@ -79,7 +79,7 @@ def strict(state: CallState) -> list:
     out: list = []
     for name in CallState.__slots__:
         value = getattr(state, name)
-        if isinstance(value, Held):
+        if isinstance(value, HeldEvent):
             event = value.event
             out.append([(type(getattr(event, n)), getattr(event, n)) for n in Event.__slots__])
             out.append((value.raw, type(value.raw), value.source))
@@ -109,11 +109,11 @@ T = datetime(2026, 3, 2, tzinfo=UTC)
 def test_a_settled_state_tells_its_memory_window_without_a_decode(state):
     """`settled_since` + memory is `CallState.deadline` of every settled state."""
     if not state.settled:  # made an orphan's tombstone
-        connect = state.connect or Held(Event("connect", state.id, T), b"", Source("t", 0, 0))
+        connect = state.connect or HeldEvent(Event("connect", state.id, T), b"", Source("t", 0, 0))
         state = dataclasses.replace(state, connect=connect, orphaned_at=T)
-    due, kind = state.deadline(Settings())
+    due, kind = state.deadline(Deadlines())
     assert kind == "forget"
-    assert settled_since(encode_state(state)) + Settings().memory == due
+    assert settled_since(encode_state(state)) + Deadlines().memory == due
 
 
 def test_a_parsed_call_round_trips_with_its_unknown_fields():
@@ -140,8 +140,8 @@ def test_a_parsed_call_round_trips_with_its_unknown_fields():
     end = parse_event(end_raw, now=ts + timedelta(minutes=2))
     state = CallState(
         "gw-1",
-        Held(start, raw, Source("sip.call.start", 3, 17)),
-        end=Held(end, end_raw, Source("sip.call.end", 3, 9)),
+        HeldEvent(start, raw, Source("sip.call.start", 3, 17)),
+        end=HeldEvent(end, end_raw, Source("sip.call.end", 3, 9)),
         revision=1,
         trigger=Source("sip.call.end", 3, 9),
     )

@@ -27,7 +27,7 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline import config, metrics
-from pipeline.core.correlate import CallState, Settings
+from pipeline.core.correlate import CallState, Deadlines
 from pipeline.core.engine import Outcome
 from pipeline.core.events import event_time
 from pipeline.core.model import Source
@@ -146,12 +146,12 @@ class DiskTableStates(TableStates):
         return None if raw is None else codec.settled_since(raw)
 
 
-def create_app(
+def create_faust_app(
     *,
     bootstrap: str | None = None,
     name: str = "worker",
     partitions: int | None = None,
-    settings: Settings | None = None,
+    settings: Deadlines | None = None,
     idle_after: float = 5.0,
     table_store: str | None = None,
     web_port: int | None = None,
@@ -164,7 +164,7 @@ def create_app(
     # (the table's RocksDB files allow one process).
     slot = claim_slot(config.data_dir() / "faust" / name)
     datadir = slot.path
-    store_url = table_store or config.env("CDRPIPE_TABLE_STORE", f"{SCHEME}://")
+    store_url = table_store or config.environment().table_store
     # With the table in local stores, a static member: a restarted worker gets its
     # partitions (and their stores) back at once instead of after the session timeout.
     static = store_url.startswith(f"{SCHEME}://")
@@ -331,9 +331,7 @@ def create_app(
     fence = CommitFence()
     # The fence knows what the agent processed: a partition starved while the agent works
     # through a backlog elsewhere is told from one whose commit or delivery is stuck.
-    watchdog = CommitWatchdog(
-        stall_s=float(config.env("CDRPIPE_STALL_S", "60")), processed=fence.limit
-    )
+    watchdog = CommitWatchdog(stall_s=config.environment().stall_s, processed=fence.limit)
 
     @app.timer(WATCHDOG_POLL_S)
     async def watch_commits() -> None:
@@ -462,7 +460,7 @@ def install_commit_fence(app: faust.App, fence: CommitFence) -> None:
 def run_worker(*, metrics_port: int | None = None, **kwargs: Any) -> None:
     """Run one worker process until it is stopped (SIGTERM/SIGINT)."""
     asyncio.run(wait_for_broker(kwargs.get("bootstrap") or config.kafka_bootstrap()))
-    app = create_app(**kwargs)
+    app = create_faust_app(**kwargs)
     metrics.serve(metrics_port)
-    worker = faust.Worker(app, loglevel=config.env("CDRPIPE_LOGLEVEL", "warning"), quiet=True)
+    worker = faust.Worker(app, loglevel=config.environment().loglevel, quiet=True)
     worker.execute_from_commandline()
