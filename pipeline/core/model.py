@@ -109,6 +109,17 @@ class CDR:
     revision: int = 1
 
 
+#: The CDR's fields in order, and of those the money (Decimal) and time (UTC datetime) ones, read
+#: from its annotations: every encoding of a CDR takes its field lists from here.
+CDR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CDR))
+MONEY_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(CDR) if str(f.type).startswith("Decimal")
+)
+TIME_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(CDR) if str(f.type).startswith("datetime")
+)
+
+
 def slot_constructor(cls: type[Any]) -> Callable[..., Any]:
     """A function building `cls` (a slots dataclass without ``__post_init__``) from all its
     field values in field order, equal to ``cls(*values)``, by filling the slots directly.

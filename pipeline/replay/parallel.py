@@ -54,7 +54,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter, itemgetter
@@ -63,7 +62,7 @@ from typing import Any, NamedTuple
 
 from pipeline.core.correlate import DeadLetter, Deadlines
 from pipeline.core.engine import Engine
-from pipeline.core.model import CDR
+from pipeline.core.model import CDR, CDR_FIELDS, MONEY_FIELDS, TIME_FIELDS
 from pipeline.core.partitioning import call_key, partitions_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay.serial import (
@@ -91,16 +90,10 @@ _POLL_S = 1.0
 
 # ------------------------------------------------------------------ CDR transfer
 
-_FIELDS = tuple(f.name for f in fields(CDR))
+_FIELDS = CDR_FIELDS
 _ALL_FIELDS = attrgetter(*_FIELDS)
-_TIME_AT = tuple(
-    i for i, n in enumerate(_FIELDS) if n in ("start_time", "connect_time", "end_time")
-)
-_MONEY_AT = tuple(
-    i
-    for i, n in enumerate(_FIELDS)
-    if n in ("rate", "charged", "toll_free_amount", "termination_amount", "metered_amount")
-)
+_TIME_AT = tuple(i for i, n in enumerate(_FIELDS) if n in TIME_FIELDS)
+_MONEY_AT = tuple(i for i, n in enumerate(_FIELDS) if n in MONEY_FIELDS)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 #: Version 2 writes no back-references: twice as fast to dump as the default (4), a third

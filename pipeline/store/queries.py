@@ -11,7 +11,7 @@ Rows older than the two-month retention are hidden even before the TTL merge rem
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any, get_args
@@ -19,7 +19,7 @@ from typing import Any, get_args
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from pipeline.core.model import CDR, FLAGS, CdrType, Direction, Flag, Status
+from pipeline.core.model import CDR, CDR_FIELDS, FLAGS, CdrType, Direction, Flag, Status
 from pipeline.store.client import COLUMNS, TABLES, StoreError
 
 __all__ = [
@@ -45,7 +45,7 @@ _RETAINED = "toDateTime(start_time) + INTERVAL 2 MONTH > now()"
 # Every version of a call sits in one partition (the partition key, the start day, never
 # changes for a call), so FINAL need not merge across partitions: that is much cheaper.
 _SELECT_SETTINGS: dict[str, Any] = {"do_not_merge_across_partitions_select_final": 1}
-_CDR_FIELDS = tuple(f.name for f in fields(CDR))
+_CDR_FIELDS = CDR_FIELDS
 _MONEY: dict[str, tuple[str, ...]] = {
     "outbound": ("charged",),
     "inbound": ("toll_free_amount", "termination_amount", "metered_amount"),

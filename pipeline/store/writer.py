@@ -26,7 +26,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.httpclient import HttpClient
 from clickhouse_connect.driver.insert import InsertContext
 
-from pipeline.core.model import CDR, Direction
+from pipeline.core.model import CDR, TIME_FIELDS, Direction
 from pipeline.store.client import COLUMNS, TABLES, StoreError
 
 __all__ = ["DEFAULT_BATCH_SIZE", "INSERT_SETTINGS", "CdrWriter", "decode_row", "encode_row"]
@@ -37,7 +37,7 @@ INSERT_SETTINGS: dict[str, Any] = {"async_insert": 0}
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
-_TIME_COLUMNS = frozenset({"start_time", "connect_time", "end_time"})
+_TIME_COLUMNS = frozenset(TIME_FIELDS)
 #: Decimal columns and their scale, as in schema.sql.
 _DECIMAL_SCALE: dict[str, int] = {
     "rate": 9,

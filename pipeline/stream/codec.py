@@ -15,14 +15,12 @@ from typing import Any
 import orjson
 
 from pipeline.core.correlate import DeadLetter
-from pipeline.core.model import CDR, Source
+from pipeline.core.model import CDR, CDR_FIELDS, MONEY_FIELDS, TIME_FIELDS, Source
 from pipeline.state.codec import EPOCH, MICROSECOND
 
-_CDR_FIELDS = tuple(f.name for f in dataclasses.fields(CDR))
-_TIME_FIELDS = frozenset({"start_time", "connect_time", "end_time"})
-_MONEY_FIELDS = frozenset(
-    {"rate", "charged", "toll_free_amount", "termination_amount", "metered_amount"}
-)
+_CDR_FIELDS = CDR_FIELDS
+_TIME_FIELDS = TIME_FIELDS
+_MONEY_FIELDS = MONEY_FIELDS
 
 
 def _default(value: Any) -> Any:
