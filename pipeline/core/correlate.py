@@ -13,7 +13,7 @@ the watermark of a partition is therefore the *oldest* of the newest
 timestamps seen per event kind (= per topic) on it, undefined until all three
 were seen, and a call is only judged orphaned or timed out once every topic
 has moved past its deadline. The streaming workers and the offline replay both route a
-call to `partition_for(call_id)`, the same function Kafka's default
+call to `partitioning.partition_for(call_id)`, the same function Kafka's default
 partitioner uses, so both see the same watermark sequence per call and reach
 the same decisions whatever the number of workers.
 
@@ -34,11 +34,9 @@ outputs may be missing (`Correlator.outputs`) and send them again.
 from __future__ import annotations
 
 import heapq
-import struct
 from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Literal, Protocol
 
 from pipeline.core import dead_letters
@@ -527,41 +525,3 @@ class Correlator:
         if open_count is not None:
             return int(open_count())
         return sum(1 for s in self.states.values() if not s.settled)
-
-
-_BLOCKS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}  # n -> unpack n LE uint32 blocks
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 hash (as in the Java client's default partitioner)."""
-    length = len(data)
-    m = 0x5BD1E995
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF  # seed ^ length
-    nblocks = length >> 2
-    if nblocks:
-        blocks = _BLOCKS.get(nblocks)
-        if blocks is None:
-            blocks = _BLOCKS[nblocks] = struct.Struct(f"<{nblocks}I").unpack_from
-        for k in blocks(data):
-            k = (k * m) & 0xFFFFFFFF
-            k ^= k >> 24
-            h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
-    tail = length & 3
-    if tail:
-        base = nblocks << 2
-        if tail == 3:
-            h ^= data[base + 2] << 16
-        if tail >= 2:
-            h ^= data[base + 1] << 8
-        h ^= data[base]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
-
-
-@lru_cache(maxsize=1 << 16)
-def partition_for(call_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for this key."""
-    return (murmur2(call_id.encode()) & 0x7FFFFFFF) % partitions

@@ -21,12 +21,11 @@ from pipeline.core.correlate import (
     Duplicate,
     Emit,
     make_held,
-    partition_for,
 )
 from pipeline.core.dead_letters import INVALID, DeadLetter
 from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR, Source, slot_constructor
-from pipeline.core.partitioning import DEFAULT_PARTITIONS
+from pipeline.core.partitioning import DEFAULT_PARTITIONS, partition_for
 from pipeline.core.refdata import RefDataHolder
 
 

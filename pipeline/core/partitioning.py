@@ -16,16 +16,56 @@ send what any gateway would.
 from __future__ import annotations
 
 import random
+import struct
 import zlib
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import orjson
 
-from pipeline.core.correlate import murmur2
 from pipeline.core.events import MAX_MESSAGE_BYTES
 
 DEFAULT_PARTITIONS = 8  # of the pipeline's topics, and the partitions a replay routes calls to
+
+
+_BLOCKS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}  # n -> unpack n LE uint32 blocks
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 hash (as in the Java client's default partitioner)."""
+    length = len(data)
+    m = 0x5BD1E995
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF  # seed ^ length
+    nblocks = length >> 2
+    if nblocks:
+        blocks = _BLOCKS.get(nblocks)
+        if blocks is None:
+            blocks = _BLOCKS[nblocks] = struct.Struct(f"<{nblocks}I").unpack_from
+        for k in blocks(data):
+            k = (k * m) & 0xFFFFFFFF
+            k ^= k >> 24
+            h = ((h * m) & 0xFFFFFFFF) ^ ((k * m) & 0xFFFFFFFF)
+    tail = length & 3
+    if tail:
+        base = nblocks << 2
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h ^= data[base]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+@lru_cache(maxsize=1 << 16)
+def partition_for(call_id: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for this key."""
+    return (murmur2(call_id.encode()) & 0x7FFFFFFF) % partitions
+
 
 __all__ = [
     "PRODUCER_PARTITIONERS",
@@ -33,7 +73,9 @@ __all__ = [
     "call_key",
     "crc32_partition",
     "fnv1a_partition",
+    "murmur2",
     "murmur2_partition",
+    "partition_for",
     "partitions_for",
 ]
 

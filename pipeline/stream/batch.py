@@ -48,10 +48,11 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import IllegalGenerationError, UnknownMemberIdError
 
 from pipeline import config, metrics
-from pipeline.core.correlate import CallState, Deadlines, partition_for
+from pipeline.core.correlate import CallState, Deadlines
 from pipeline.core.engine import Outcome
 from pipeline.core.events import event_time
 from pipeline.core.model import Source
+from pipeline.core.partitioning import partition_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.kafka.membership import instance_id, leave
 from pipeline.kafka.topics import (

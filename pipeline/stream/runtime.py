@@ -23,10 +23,10 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError
 
 from pipeline import config
-from pipeline.core.correlate import CallState, Correlator, Deadlines, EventClock, partition_for
+from pipeline.core.correlate import CallState, Correlator, Deadlines, EventClock
 from pipeline.core.engine import Engine, Outcome
 from pipeline.core.model import Source
-from pipeline.core.partitioning import CanonicalPartition
+from pipeline.core.partitioning import CanonicalPartition, partition_for
 from pipeline.core.refdata import RefDataError, RefDataHolder
 from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_REPARTITION, TP
 from pipeline.stream.codec import (

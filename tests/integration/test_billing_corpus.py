@@ -27,7 +27,8 @@ import orjson
 import pytest
 
 from pipeline.chaos import read_dlq
-from pipeline.core.correlate import DeadLetter, Deadlines, partition_for
+from pipeline.core.correlate import DeadLetter, Deadlines
+from pipeline.core.partitioning import partition_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.demo import Pipeline
 from pipeline.kafka.topics import INPUT_TOPICS

@@ -19,10 +19,9 @@ from pipeline.core.correlate import (
     Duplicate,
     Emit,
     HeldEvent,
-    murmur2,
-    partition_for,
 )
 from pipeline.core.model import Event, Source
+from pipeline.core.partitioning import murmur2, partition_for
 
 T0 = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 SETTINGS = Deadlines(

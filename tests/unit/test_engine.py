@@ -95,7 +95,7 @@ def test_invalid_bytes_are_dead_lettered_with_reason(refdata):
 
 
 def test_calls_are_routed_like_kafka_partitions(refdata):
-    from pipeline.core.correlate import partition_for
+    from pipeline.core.partitioning import partition_for
 
     engine = Engine(refdata, partitions=8)
     engine.feed(outbound_call("route-me")[0], Source("f", 0, 1))
@@ -109,7 +109,7 @@ def test_calls_are_routed_like_kafka_partitions(refdata):
 def test_feed_line_routes_or_takes_the_given_partition(refdata):
     """A parallel replay's worker passes the partition it routed a line to; the call then
     lives there, exactly as if the engine had routed it itself."""
-    from pipeline.core.correlate import partition_for
+    from pipeline.core.partitioning import partition_for
 
     part = partition_for("route-me", 8)
     later = T0 + timedelta(hours=5)

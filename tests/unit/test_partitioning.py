@@ -10,13 +10,13 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.core.correlate import partition_for
 from pipeline.core.model import Source
 from pipeline.core.partitioning import (
     CanonicalPartition,
     crc32_partition,
     fnv1a_partition,
     murmur2_partition,
+    partition_for,
 )
 from pipeline.simulate import _partitioners
 from pipeline.stream.codec import as_forwarded, forwarded_from, repartition_headers

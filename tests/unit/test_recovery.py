@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 
 from pipeline.core.correlate import CallState, Correlator, DeadLetter, Deadlines, Emit, HeldEvent
-from pipeline.core.correlate import partition_for as route
 from pipeline.core.events import parse_event
 from pipeline.core.model import Source
+from pipeline.core.partitioning import partition_for as route
 from pipeline.core.refdata import RefDataHolder
 from pipeline.state.changelog import state_from_json, state_to_json
 from pipeline.stream.faust_engine import TableStates

@@ -20,9 +20,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.correlate import DeadLetter, Deadlines, murmur2, partition_for
+from pipeline.core.correlate import DeadLetter, Deadlines
 from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR
+from pipeline.core.partitioning import murmur2, partition_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import ReplaySummary, replay_file, resolve_jobs
 from pipeline.replay.parallel import (
