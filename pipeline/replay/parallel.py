@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import marshal
 import multiprocessing as mp
-import pickle
 import queue
 import sys
 import time
@@ -54,15 +53,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
-from operator import attrgetter, itemgetter
+from operator import itemgetter
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from pipeline.core.correlate import DeadLetter, Deadlines
 from pipeline.core.engine import Engine
-from pipeline.core.model import CDR, CDR_FIELDS, MONEY_FIELDS, TIME_FIELDS
+from pipeline.core.model import CDR
 from pipeline.core.partitioning import call_key, partitions_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay.serial import (
@@ -76,128 +73,23 @@ from pipeline.replay.serial import (
     final_flags,
     resolve_jobs,
 )
-from pipeline.store.writer import encode_row
+from pipeline.replay.transfer import (
+    DIRECTIONS,
+    MARSHAL,
+    MARSHAL_VERSION,
+    ROWS,
+    decode_cdrs,
+    decode_rows,
+    encode_cdrs,
+    encode_rows,
+)
 
-__all__ = ["ParallelReplay", "call_key", "encode_cdrs", "decode_cdrs"]
+__all__ = ["ParallelReplay"]
 
 CHUNK_LINES = 2_000  # lines per worker per round, on average
 WINDOW = 8  # rounds in flight: enough work queued for the workers while the parent writes
 _ROUTE_CACHE = 1 << 18  # call ids remembered by the router before it starts afresh
 _POLL_S = 1.0
-
-# ------------------------------------------------------------------ routing
-
-
-# ------------------------------------------------------------------ CDR transfer
-
-_FIELDS = CDR_FIELDS
-_ALL_FIELDS = attrgetter(*_FIELDS)
-_TIME_AT = tuple(i for i, n in enumerate(_FIELDS) if n in TIME_FIELDS)
-_MONEY_AT = tuple(i for i, n in enumerate(_FIELDS) if n in MONEY_FIELDS)
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-#: Version 2 writes no back-references: twice as fast to dump as the default (4), a third
-#: bigger, as fast to load.
-_MARSHAL_VERSION = 2
-
-
-def _row(cdr: CDR) -> list[Any] | None:
-    """The CDR's field values with times as microsecond ticks and money as decimal strings, or
-    None if a time is not an aware UTC datetime or money not a Decimal (then it is pickled)."""
-    row = list(_ALL_FIELDS(cdr))
-    for i in _TIME_AT:
-        t = row[i]
-        if t is not None:
-            if type(t) is not datetime or t.tzinfo is not UTC or t.fold:
-                return None
-            row[i] = (t - _EPOCH) // _MICROSECOND
-    for i in _MONEY_AT:
-        m = row[i]
-        if m is not None:
-            if type(m) is not Decimal:
-                return None
-            row[i] = str(m)  # exact: Decimal(str(m)) has m's sign, digits and exponent
-    return row
-
-
-MARSHAL, PICKLE, ROWS = "marshal", "pickle", "rows"  # how a round's CDRs travel
-
-
-def encode_cdrs(cdrs: list[CDR]) -> tuple[str, bytes]:
-    """(MARSHAL or PICKLE, bytes) for `decode_cdrs`. Rows of plain values in marshal are the
-    cheapest way there and back: pickled `CDR`s (datetimes, Decimals) cost about twice as
-    much, the stream codec's JSON half as much again (docs/BENCHMARKS.md). marshal refuses
-    (rather than converts) anything that is not exactly a str, int, bool or None; such CDRs
-    travel pickled."""
-    rows = []
-    for cdr in cdrs:
-        row = _row(cdr)
-        if row is None:
-            return PICKLE, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
-        rows.append(row)
-    try:
-        return MARSHAL, marshal.dumps(rows, _MARSHAL_VERSION)
-    except ValueError:
-        return PICKLE, pickle.dumps(cdrs, pickle.HIGHEST_PROTOCOL)
-
-
-def decode_cdrs(encoding: str, payload: bytes) -> list[CDR]:
-    if encoding == PICKLE:
-        return pickle.loads(payload)
-    epoch, ticks = _EPOCH, timedelta
-    out = []
-    for row in marshal.loads(payload):
-        for i in _TIME_AT:
-            t = row[i]
-            if t is not None:
-                row[i] = epoch + ticks(microseconds=t)
-        for i in _MONEY_AT:
-            m = row[i]
-            if m is not None:
-                row[i] = Decimal(m)
-        out.append(CDR(*row))
-    return out
-
-
-class RowEntry(NamedTuple):
-    """A CDR as a parallel replay's parent keeps it for a `RowSink`: its table row and what
-    the summary needs."""
-
-    id: str
-    direction: str
-    rated: bool
-    timed_out: bool
-    account_mismatch: bool
-    row: bytes
-
-
-def _encode_rows(cdrs: list[CDR]) -> bytes:
-    """A round's CDRs as rows of their tables (`encode_row`), with their ids and flags."""
-    return marshal.dumps(
-        (
-            [c.id for c in cdrs],
-            [
-                (c.direction == "inbound")
-                | c.rated << 1
-                | c.timed_out << 2
-                | ("account_mismatch" in c.flags) << 3
-                for c in cdrs
-            ],
-            [encode_row(c) for c in cdrs],
-        ),
-        _MARSHAL_VERSION,
-    )
-
-
-def _decode_rows(payload: bytes) -> list[RowEntry]:
-    ids, flags, rows = marshal.loads(payload)
-    return [
-        RowEntry(i, _DIRECTIONS[f & 1], bool(f & 2), bool(f & 4), bool(f & 8), r)
-        for i, f, r in zip(ids, flags, rows, strict=True)
-    ]
-
-
-_DIRECTIONS = ("outbound", "inbound")
 
 # ------------------------------------------------------------------ worker side
 
@@ -259,7 +151,7 @@ def _work(
                 if not cdrs:
                     encoding, payload = MARSHAL, b""
                 elif rows:
-                    encoding, payload = ROWS, _encode_rows(cdrs)
+                    encoding, payload = ROWS, encode_rows(cdrs)
                 else:
                     encoding, payload = encode_cdrs(cdrs)
                 outbox.put(("round", keys, encoding, payload, dead or None))
@@ -446,7 +338,7 @@ class ParallelReplay(Collector):
             out[1].append(raw)
             out[2].append(partition)
         for inbox, part in zip(self._inboxes, parts, strict=True):
-            inbox.put(marshal.dumps(part, _MARSHAL_VERSION))
+            inbox.put(marshal.dumps(part, MARSHAL_VERSION))
 
     def _receive(self, k: int, kind: str) -> tuple[Any, ...]:
         outbox, proc = self._outboxes[k], self._procs[k]
@@ -476,7 +368,7 @@ class ParallelReplay(Collector):
         for k in range(self.jobs):
             _, keys, encoding, payload, dead = self._receive(k, "round")
             if keys:
-                cdrs = _decode_rows(payload) if encoding == ROWS else decode_cdrs(encoding, payload)
+                cdrs = decode_rows(payload) if encoding == ROWS else decode_cdrs(encoding, payload)
                 items.extend(zip(keys, cdrs, strict=True))
             if dead:
                 items.extend(dead)
@@ -509,7 +401,7 @@ class ParallelReplay(Collector):
         if self.rows is None:
             super()._write(batch)
             return
-        tables: dict[str, list[bytes]] = {direction: [] for direction in _DIRECTIONS}
+        tables: dict[str, list[bytes]] = {direction: [] for direction in DIRECTIONS}
         for entry in batch:
             tables[entry.direction].append(entry.row)
         self._final.update([(e.id, (e.rated, e.timed_out, e.account_mismatch)) for e in batch])

@@ -132,3 +132,17 @@ def test_the_core_imports_no_adapter() -> None:
                 if not t.startswith("pipeline.core") and t not in ("pipeline", "pipeline.resources")
             }
             assert not outside, f"{name} imports {sorted(outside)}"
+
+
+def test_the_folders_import_one_way() -> None:
+    """The direction docs/DESIGN.md's map gives: no folder imports one that imports it."""
+    graph = import_graph()
+    layers: dict[str, set[str]] = {}
+    for name, targets in graph.items():
+        here = name.split(".")[1] if "." in name else name
+        layers.setdefault(here, set()).update(
+            t.split(".")[1] for t in targets if "." in t and t.split(".")[1] != here
+        )
+    assert cycles(layers) == []
+    assert not layers["state"] & {"stream", "replay", "store", "api"}
+    assert not layers["store"] & {"stream", "replay", "state", "api"}

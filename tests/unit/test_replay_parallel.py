@@ -23,18 +23,11 @@ from hypothesis import strategies as st
 from pipeline.core.correlate import DeadLetter, Deadlines
 from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR
-from pipeline.core.partitioning import murmur2, partition_for
+from pipeline.core.partitioning import call_key, murmur2, partition_for, partitions_for
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay import ReplaySummary, replay_file, resolve_jobs
-from pipeline.replay.parallel import (
-    MARSHAL,
-    PICKLE,
-    ParallelReplay,
-    call_key,
-    decode_cdrs,
-    encode_cdrs,
-    partitions_for,
-)
+from pipeline.replay.parallel import ParallelReplay
+from pipeline.replay.transfer import MARSHAL, PICKLE, decode_cdrs, encode_cdrs
 from pipeline.simulate import SimConfig, generate, write_jsonl
 from pipeline.store.writer import decode_row
 
