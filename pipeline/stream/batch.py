@@ -140,6 +140,7 @@ class BatchWorker:
         max_records: int = MAX_RECORDS,
         state_dir: Path | None = None,
     ) -> None:
+        self.env = config.environment()  # read once: each read parses the environment
         self.bootstrap = bootstrap or config.kafka_bootstrap()
         self.partitions = partitions or config.partitions()
         self.config_dir = config.config_dir()
@@ -160,7 +161,7 @@ class BatchWorker:
         self.runtime: WorkerRuntime
         self.max_records = max_records
         self.limit = max(1, max_records // RAMP_FROM)  # of the next cycle: see RAMP_FROM
-        self.watchdog = CommitWatchdog(stall_s=config.environment().stall_s)
+        self.watchdog = CommitWatchdog(stall_s=self.env.stall_s)
         self.lock = asyncio.Lock()
         self.held: set[int] = set()  # partitions whose states are in memory and current
         # Partitions whose messages may be processed now: between a revocation and the end of
@@ -237,7 +238,7 @@ class BatchWorker:
             lambda tp: self.position.get((tp.topic, tp.partition)),
             self.consumer.pause,
             lambda *tps: self.consumer.resume(*set(tps) & self.consumer.assignment()),
-            grace=config.environment().align_grace_s,
+            grace=self.env.align_grace_s,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -281,7 +282,7 @@ class BatchWorker:
         self.stopping.set()
 
     async def _loop(self) -> None:
-        time_aligned = config.environment().time_aligned
+        time_aligned = self.env.time_aligned
         stopping = asyncio.ensure_future(self.stopping.wait())
         while not self.stopping.is_set():
             fetch = asyncio.ensure_future(

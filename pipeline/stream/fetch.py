@@ -14,7 +14,6 @@ from pipeline.kafka.topics import WORKER_TOPICS
 __all__ = ["FETCH_MAX_BYTES", "fetch_evenly", "in_topic_order", "partition_fetch_bytes"]
 
 FETCH_MAX_BYTES = 32 * 1024 * 1024  # one fetch response, all partitions together
-OWN_TOPICS = WORKER_TOPICS
 
 
 def partition_fetch_bytes(partitions: int) -> int:
@@ -26,7 +25,7 @@ def partition_fetch_bytes(partitions: int) -> int:
     topic: a worker started on a backlog spent its first 60,000-100,000 messages on starts,
     connects or ends alone and emitted its first CDR seconds later (`bench/startup_bench.py`).
     """
-    per_partition = FETCH_MAX_BYTES // (len(OWN_TOPICS) * max(1, partitions))
+    per_partition = FETCH_MAX_BYTES // (len(WORKER_TOPICS) * max(1, partitions))
     return max(256 * 1024, min(4 * 1024 * 1024, per_partition))
 
 
@@ -84,7 +83,7 @@ async def fetch_evenly(
     return in_topic_order(batch)
 
 
-_TOPIC_RANK = {topic: rank for rank, topic in enumerate(OWN_TOPICS)}
+_TOPIC_RANK = {topic: rank for rank, topic in enumerate(WORKER_TOPICS)}
 
 
 def in_topic_order(batch: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
