@@ -1,8 +1,9 @@
 """Parsing and validation of raw gateway messages into `Event`s.
 
 The JSON Schemas in `schemas/` are the single source of truth for what a valid
-event is; they are compiled once (fastjsonschema) and every message is checked
-against the schema of its `event` kind. What a schema cannot say (a timestamp
+event is; they are compiled once (jsonschema-rs, which validates in Rust, faster than any
+Python-generated check) and every message is checked against the schema of its `event`
+kind. What a schema cannot say (a timestamp
 that is well-formed but impossible) is checked here, and every rejection
 carries a human-readable reason for the dead-letter topic.
 
@@ -15,17 +16,17 @@ schema check and the event alike. An integral float disconnect code (200.0) is t
 from __future__ import annotations
 
 import functools
-import re
+import json
 from collections.abc import Callable
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from time import monotonic
 from typing import Any
 
-import fastjsonschema
+import jsonschema_rs
 import orjson
 
-from pipeline.core.model import Event
+from pipeline.core.model import Event, slot_constructor
 from pipeline.core.numbers import caller_id, national_digits
 from pipeline.resources import data_path
 
@@ -73,215 +74,17 @@ def attributes() -> dict[str, frozenset[str]]:
     }
 
 
+Validator = jsonschema_rs.Draft7Validator
+
+
 @functools.cache
-def validators() -> dict[str, Callable[[Any], Any]]:
-    """One compiled validator per event kind, built once per process."""
-    handlers = {"https": _resolve}
+def validators() -> dict[str, Validator]:
+    """One compiled validator per event kind, built once per process; `$ref`s resolve to our
+    own schema files only (`_resolve`)."""
     return {
-        kind: fastjsonschema.compile(_load_schema(f"{kind}.schema.json"), handlers=handlers)
+        kind: jsonschema_rs.Draft7Validator(_load_schema(f"{kind}.schema.json"), retriever=_resolve)
         for kind in KINDS
     }
-
-
-class _Unsupported(Exception):
-    """A schema construct the fast-path generator does not understand."""
-
-
-#: Keywords that say nothing about validity.
-_ANNOTATIONS = frozenset(
-    {"$schema", "$id", "$comment", "title", "description", "examples", "default"}
-)
-
-
-class _FastCheck:
-    """Generates, from one kind's JSON Schema, Python source for a function ``accept(data)``
-    that returns True only for objects the schema certainly accepts (False means "ask
-    fastjsonschema", not "invalid").
-
-    It understands exactly: ``type`` object / string / integer (checked as the exact Python
-    types orjson produces: ``str``, ``int`` but not ``bool``), ``required``, ``properties``,
-    ``enum`` of strings, ``minLength``, ``maxLength``, ``pattern`` (with fastjsonschema's own
-    compiled regex, so the very same matching rules), ``minimum``, ``maximum``, ``$ref`` into
-    `schemas/`, and ``allOf`` of plain subschemas or of ``if``/``then`` whose ``if`` only
-    tests properties against string enums (evaluated exactly, as the schema defines it).
-    Anything else raises `_Unsupported`, and that kind then has no fast path.
-    """
-
-    def __init__(self, patterns: dict[str, re.Pattern[str]]) -> None:
-        self.patterns = patterns
-        self.consts: dict[str, Any] = {}
-        self.lines: list[str] = []
-        self.source = ""
-
-    def const(self, value: Any) -> str:
-        name = f"_c{len(self.consts)}"
-        self.consts[name] = value
-        return name
-
-    def emit(self, indent: int, line: str) -> None:
-        self.lines.append("    " * indent + line)
-
-    def deref(self, node: Any) -> dict[str, Any]:
-        if not isinstance(node, dict):
-            raise _Unsupported(f"schema node {node!r}")
-        if "$ref" not in node:
-            return node
-        if set(node) - _ANNOTATIONS - {"$ref"}:
-            raise _Unsupported("$ref with sibling keywords")
-        ref = node["$ref"]
-        if not isinstance(ref, str) or "#" not in ref or ref.startswith("#"):
-            raise _Unsupported(f"$ref {ref!r}")
-        file, _, pointer = ref.removeprefix(SCHEMA_BASE_URI).partition("#")
-        if "/" in file or ":" in file or "~" in pointer or "%" in pointer:
-            raise _Unsupported(f"$ref {ref!r}")
-        try:
-            target: Any = _load_schema(file)
-        except OSError:
-            raise _Unsupported(f"$ref {ref!r}") from None
-        for part in pointer.strip("/").split("/"):
-            if not isinstance(target, dict) or part not in target:
-                raise _Unsupported(f"$ref {ref!r}")
-            target = target[part]
-        return self.deref(target)
-
-    def build(self, name: str) -> Callable[[dict[str, Any]], bool]:
-        schema = _load_schema(name)
-        if schema.get("$id", SCHEMA_BASE_URI + name) != SCHEMA_BASE_URI + name:
-            raise _Unsupported("$id other than the file's own: $refs would resolve elsewhere")
-        self.lines = [
-            "def accept(data):",
-            "    if type(data) is not dict: return False",
-            "    keys = data.keys()",
-        ]
-        self.object(schema, 1, required=frozenset())
-        self.emit(1, "return True")
-        namespace: dict[str, Any] = dict(self.consts)
-        self.source = "\n".join(self.lines)
-        exec(self.source, namespace)  # noqa: S102 - our own generated source
-        accept: Callable[[dict[str, Any]], bool] = namespace["accept"]
-        return accept
-
-    def object(self, schema: Any, indent: int, required: frozenset[str]) -> None:
-        """Checks of an object-level (sub)schema; `required` keys are known to be present."""
-        schema = self.deref(schema)
-        unknown = set(schema) - _ANNOTATIONS - {"type", "required", "properties", "allOf"}
-        if unknown:
-            raise _Unsupported(f"keywords {sorted(unknown)}")
-        if "type" in schema:
-            if schema["type"] != "object":
-                raise _Unsupported(f"object type {schema['type']!r}")
-            pass  # checked first of all in `build`
-        if "required" in schema:
-            names = schema["required"]
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise _Unsupported("required")
-            self.emit(indent, f"if not keys >= {self.const(frozenset(names))}: return False")
-            required = required | frozenset(names)
-        properties = schema.get("properties", {})
-        if not isinstance(properties, dict):
-            raise _Unsupported("properties")
-        for name, sub in properties.items():
-            key = repr(name)
-            if name in required:
-                self.emit(indent, f"v = data[{key}]")
-                self.value(sub, indent)
-            else:
-                self.emit(indent, f"if {key} in keys:")
-                self.emit(indent + 1, f"v = data[{key}]")
-                self.value(sub, indent + 1)
-        for item in schema.get("allOf", []):
-            item = self.deref(item)
-            if "if" not in item:
-                self.object(item, indent, required)
-                continue
-            if set(item) - _ANNOTATIONS - {"if", "then"}:
-                raise _Unsupported("if without then, or with else")
-            self.emit(indent, f"if {self.condition(item['if'])}:")
-            self.emit(indent + 1, "pass")
-            self.object(item.get("then", {}), indent + 1, required)
-
-    def condition(self, schema: Any) -> str:
-        """An exact Python expression for "`data` is valid against this `if` schema"."""
-        schema = self.deref(schema)
-        if set(schema) - _ANNOTATIONS - {"properties"}:
-            raise _Unsupported("if beyond properties")
-        terms = []
-        for name, sub in schema.get("properties", {}).items():
-            sub = self.deref(sub)
-            if set(sub) - _ANNOTATIONS != {"enum"}:
-                raise _Unsupported("if property beyond enum")
-            enum = self.string_enum(sub["enum"])
-            key = repr(name)
-            terms.append(
-                f"({key} not in keys or (type(data[{key}]) is str and data[{key}] in {enum}))"
-            )
-        return " and ".join(terms) or "True"
-
-    def string_enum(self, values: Any) -> str:
-        if not isinstance(values, list) or not all(type(v) is str for v in values):
-            raise _Unsupported("enum of non-strings")
-        return self.const(frozenset(values))
-
-    def value(self, schema: Any, indent: int) -> None:
-        """Checks of one property's value `v` (conservative: False when unsure)."""
-        schema = self.deref(schema)
-        known = {"type", "enum", "minLength", "maxLength", "pattern", "minimum", "maximum"}
-        unknown = set(schema) - _ANNOTATIONS - known
-        if unknown:
-            raise _Unsupported(f"keywords {sorted(unknown)}")
-        kind = schema.get("type")
-        string_rules = {"minLength", "maxLength", "pattern"} & set(schema)
-        number_rules = {"minimum", "maximum"} & set(schema)
-        if "enum" in schema:
-            self.emit(
-                indent, f"if type(v) is not str or v not in {self.string_enum(schema['enum'])}:"
-            )
-            self.emit(indent + 1, "return False")
-        if kind == "integer" or (kind is None and number_rules and not string_rules):
-            if string_rules:
-                raise _Unsupported("string rules on an integer")
-            self.emit(indent, "if type(v) is not int: return False")
-            for rule, op in (("minimum", "<"), ("maximum", ">")):
-                if rule in schema:
-                    bound = schema[rule]
-                    if type(bound) not in (int, float):
-                        raise _Unsupported(rule)
-                    self.emit(indent, f"if v {op} {bound!r}: return False")
-        elif kind == "string" or (kind is None and string_rules):
-            if number_rules:
-                raise _Unsupported("number rules on a string")
-            self.emit(indent, "if type(v) is not str: return False")
-            if "minLength" in schema or "maxLength" in schema:
-                self.emit(indent, "n = len(v)")
-            for rule, op in (("minLength", "<"), ("maxLength", ">")):
-                if rule in schema:
-                    bound = schema[rule]
-                    if type(bound) is not int:
-                        raise _Unsupported(rule)
-                    self.emit(indent, f"if n {op} {bound}: return False")
-            if "pattern" in schema:
-                compiled = self.patterns.get(schema["pattern"])
-                if compiled is None:
-                    raise _Unsupported(f"pattern {schema['pattern']!r} unknown to fastjsonschema")
-                self.emit(indent, f"if not {self.const(compiled)}.search(v): return False")
-        elif kind is not None:
-            raise _Unsupported(f"type {kind!r}")
-
-
-@functools.cache
-def fast_validators() -> dict[str, Callable[[dict[str, Any]], bool]]:
-    """Per kind whose schema the generator understands, `accept(data)`: True only if
-    `validators()[kind]` accepts `data` too; False sends the message through
-    fastjsonschema, which then gives the reason (tests/unit/test_fast_validation.py
-    compares the two on mutated events)."""
-    out = {}
-    for kind, validate in validators().items():
-        patterns = getattr(validate, "__globals__", {}).get("REGEX_PATTERNS", {})
-        try:
-            out[kind] = _FastCheck(patterns).build(f"{kind}.schema.json")
-        except _Unsupported:
-            continue
-    return out
 
 
 _FUTURE: list[Any] = [float("-inf"), EARLIEST_TS]  # [monotonic expiry, wall-clock limit]
@@ -393,95 +196,64 @@ def parse_event(raw: bytes, *, now: datetime | None = None) -> Event:
     return event_from_dict(data, now=now)
 
 
+_make_event: Callable[..., Event] = slot_constructor(Event)
+#: `Event`'s attributes after kind, id, ts and ts_sub_us, before extra: those a message gives.
+_ATTRIBUTES = tuple(f.name for f in fields(Event))[4:-1]
+_NOT_OWN = "\0"  # a key no message holds: `dict.get` gives None for another kind's attribute
+
+
 def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime, str], Event]:
-    """`build(data, ts, ts_sub_us)`: the `Event` of a message `fast_validators()` accepted,
-    equal to what the generic path of `event_from_dict` builds (its own attributes, normalised
-    per `NORMALISE`, None where absent; everything else but `event` and `ts` in `extra`). It
-    fills the slots directly: the frozen dataclass's ``__init__`` goes through
-    ``object.__setattr__`` per field, twice as slow, and does nothing else (no defaults to
-    compute, no ``__post_init__``)."""
+    """`build(data, ts, ts_sub_us)`: the `Event` of a message its kind's schema accepted: its
+    own attributes (`attributes`), normalised per `NORMALISE`, None where absent; every other
+    field but `event` and `ts` in `extra`. An integral float disconnect code (JSON Schema's
+    integer 200.0) becomes the int."""
     own = attributes()[kind]
-    names = [f.name for f in fields(Event)]
-    if not own <= set(names) or hasattr(Event, "__post_init__"):
-        raise _Unsupported(f"{kind}: Event cannot be built field by field")
-    known = frozenset(own | {"event", "ts"})
-    required = set(_load_schema(f"{kind}.schema.json").get("required", ()))
-    normalise = NORMALISE.get(kind, {})
-    namespace: dict[str, Any] = {"new": object.__new__, "Event": Event, "known": known}
-    lines = [
-        "def build(data, ts, ts_sub_us):",
-        "    if data.keys() <= known:",
-        "        extra = {}",
-        "    else:",
-        "        extra = {k: v for k, v in data.items() if k not in known}",
-        "    e = new(Event)",
-    ]
-    for i, name in enumerate(names):
-        namespace[f"set{i}"] = Event.__dict__[name].__set__  # the slot's descriptor
-        if name == "kind":
-            value = repr(kind)
-        elif name in ("ts", "ts_sub_us", "extra"):
-            value = name
-        elif name in required:  # present in every message the schema accepts
-            value = f"data[{name!r}]"
-        elif name in own:
-            value = f"data.get({name!r})"
+    keys = tuple(name if name in own else _NOT_OWN for name in _ATTRIBUTES)
+    known = own | {"event", "ts"}
+    normalise = tuple((_ATTRIBUTES.index(name), fn) for name, fn in NORMALISE.get(kind, {}).items())
+    code_at = _ATTRIBUTES.index("disconnect_code") if "disconnect_code" in own else -1
+
+    def build(data: dict[str, Any], ts: datetime, ts_sub_us: str) -> Event:
+        values = list(map(data.get, keys))
+        for i, fn in normalise:
+            if values[i] is not None:
+                values[i] = fn(values[i])
+        if code_at >= 0 and type(values[code_at]) is float:
+            values[code_at] = int(values[code_at])
+        if data.keys() <= known:
+            extra: dict[str, Any] = {}
         else:
-            value = "None"
-        if name in normalise:
-            namespace[f"norm{i}"] = normalise[name]
-            value = f"norm{i}({value})"
-        lines.append(f"    set{i}(e, {value})")
-    lines.append("    return e")
-    exec("\n".join(lines), namespace)  # noqa: S102 - our own generated source
-    build: Callable[[dict[str, Any], datetime, str], Event] = namespace["build"]
+            extra = {k: v for k, v in data.items() if k not in known}
+        return _make_event(kind, data["id"], ts, ts_sub_us, *values, extra)
+
     return build
 
 
-_Kind = tuple[
-    Callable[[Any], Any],
-    Callable[[dict[str, Any]], bool] | None,
-    Callable[[dict[str, Any], datetime, str], Event] | None,
-]
-
-
 @functools.cache
-def _kinds() -> dict[str, _Kind]:
-    """Per kind: (fastjsonschema validator, fast acceptor or None, fast builder or None)."""
-    fast = fast_validators()
-    out: dict[str, _Kind] = {}
-    for kind, validate in validators().items():
-        accept = fast.get(kind)
-        try:
-            build = _event_builder(kind) if accept is not None else None
-        except _Unsupported:
-            accept = build = None
-        out[kind] = (validate, accept, build)
-    _KINDS.update(out)
+def _kinds() -> dict[str, tuple[Validator, Callable[[dict[str, Any], datetime, str], Event]]]:
+    """Per kind: (its schema's validator, its `Event` builder)."""
+    _KINDS.update((kind, (check, _event_builder(kind))) for kind, check in validators().items())
     return _KINDS
 
 
-_KINDS: dict[str, _Kind] = {}  # _kinds(), once it was called: without the call per event
+_KINDS: dict[str, tuple[Validator, Callable[[dict[str, Any], datetime, str], Event]]] = {}
 
 
 def event_from_dict(data: dict[str, Any], *, now: datetime | None = None) -> Event:
-    """Validate a decoded object against the schema of its kind and build the `Event`.
-
-    The common shape is accepted by the fast check generated from the schema
-    (`fast_validators`); anything it does not accept goes through fastjsonschema, which gives
-    the reason for a refusal."""
+    """Validate a decoded object against the schema of its kind and build the `Event`."""
     kind: Any = data.get("event")
     entry = (_KINDS or _kinds()).get(kind) if isinstance(kind, str) else None
     if entry is None:
         got = _shown(kind) if "event" in data else "no event field"
         raise InvalidEvent(f"event: must be one of {', '.join(KINDS)}, got {got}")
-    validate, accept, build = entry
-    fast = accept is not None and accept(data)
-    if not fast:
-        try:
-            validate(data)
-        except fastjsonschema.JsonSchemaValueException as exc:
-            raise InvalidEvent(f"{kind}: {_field_name(exc)}: {_problem(exc)}") from None
+    check, build = entry
+    try:
+        valid = check.is_valid(data)
+    except ValueError:  # nested deeper than the validator follows: judge what the schema reads
+        valid = check.is_valid(_flattened(data, kind))
+    if not valid:
+        error = next(iter(check.iter_errors(_flattened(data, kind))))
+        raise InvalidEvent(f"{kind}: {_field_name(error)}: {_problem(error)}")
     try:
         ts = parse_ts(data["ts"])
     except ValueError as exc:
@@ -494,25 +266,7 @@ def event_from_dict(data: dict[str, Any], *, now: datetime | None = None) -> Eve
         too_far = ts > _future_limit() and ts > datetime.now(UTC) + MAX_FUTURE_SKEW
     if too_far:
         raise InvalidEvent(f"{kind}: ts: {data['ts']} is more than {MAX_FUTURE_SKEW} in the future")
-    sub_us = sub_microsecond_digits(data["ts"])
-    if fast:
-        assert build is not None
-        return build(data, ts, sub_us)
-    own = attributes()[kind]
-    attrs = {k: data[k] for k in own if k in data}
-    for name, normalise in NORMALISE.get(kind, {}).items():
-        if name in attrs:
-            attrs[name] = normalise(attrs[name])
-    extra = (
-        {k: v for k, v in data.items() if k not in own and k != "event" and k != "ts"}
-        if len(data) > len(attrs) + 2
-        else {}
-    )
-    code = attrs.get("disconnect_code")
-    if type(code) is float:
-        # JSON Schema counts 200.0 (or 2e2) as the integer 200; make it one.
-        attrs["disconnect_code"] = int(code)
-    return Event(kind=kind, ts=ts, ts_sub_us=sub_us, extra=extra, **attrs)  # type: ignore[arg-type]
+    return build(data, ts, sub_microsecond_digits(data["ts"]))
 
 
 _JSON_TYPES = {
@@ -536,16 +290,62 @@ def _shown(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
-def _problem(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    """The schema's complaint, readable in a dead letter: for a pattern, the offending value
-    and what was expected (the field's schema description) instead of the bare regex."""
-    if exc.rule != "pattern":
-        return exc.message
-    definition = exc.definition if isinstance(exc.definition, dict) else {}
-    expected = definition.get("description") or f"pattern {exc.rule_definition}"
-    return f"{_shown(exc.value)} is not valid: expected {expected}"
+def _flattened(data: dict[str, Any], kind: str) -> dict[str, Any]:
+    """What the schema of `kind` judges of a message: its `event`, `ts` and own attributes,
+    a container among them replaced by an empty one of its type.
+
+    The verdict is the same (tests/unit/test_validation.py): the schemas constrain no other
+    property (no `additionalProperties`) and no property of theirs is a container, so a
+    container is refused whatever it holds. jsonschema-rs refuses to follow input nested
+    deeper than its recursion limit, which a valid message may be in an unknown field."""
+    known = attributes()[kind] | {"event", "ts"}
+    return {
+        k: type(v)() if isinstance(v, (list, dict)) else v for k, v in data.items() if k in known
+    }
 
 
-def _field_name(exc: fastjsonschema.JsonSchemaValueException) -> str:
-    name = exc.name or "data"
-    return name.removeprefix("data.").removeprefix("data") or "(message)"
+@functools.cache
+def _descriptions() -> dict[str, str]:
+    """Each pattern of the schema files -> the description beside it (what a value must be)."""
+    found: dict[str, str] = {}
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("pattern"), str) and isinstance(node.get("description"), str):
+                found[node["pattern"]] = node["description"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    for path in sorted(SCHEMA_DIR.iterdir(), key=lambda p: p.name):
+        if path.name.endswith(".schema.json"):
+            walk(_load_schema(path.name))
+    return found
+
+
+def _problem(error: jsonschema_rs.ValidationError) -> str:
+    """The schema's complaint, readable in a dead letter and short whatever the value: the
+    value is shown by `_shown`; for a pattern, what was expected (the field's schema
+    description) instead of the bare regex."""
+    kind, value = error.kind, error.instance
+    if kind.name == "pattern":
+        pattern: str = kind.pattern
+        expected = _descriptions().get(pattern) or f"pattern {pattern}"
+        return f"{_shown(value)} is not valid: expected {expected}"
+    if kind.name == "required":
+        return str(error.message)
+    message = str(error.message)
+    try:
+        as_json = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError):
+        as_json = None
+    if as_json is not None and message.startswith(as_json):
+        return _shown(value) + message[len(as_json) :]
+    return f"{_shown(value)} is not valid ({kind.name} {kind.as_dict()})"
+
+
+def _field_name(error: jsonschema_rs.ValidationError) -> str:
+    """The path of the offending field (`a.b`), or "(message)" for the message itself."""
+    return ".".join(str(part) for part in error.instance_path) or "(message)"

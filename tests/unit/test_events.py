@@ -83,7 +83,7 @@ def test_schema_examples_are_valid():
         examples = _load_schema(f"{kind}.schema.json")["examples"]
         assert examples
         for example in examples:
-            validators()[kind](example)
+            validators()[kind].validate(example)
 
 
 def test_nanosecond_timestamps_and_extra_fields_are_kept():
