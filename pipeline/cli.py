@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import config
+from pipeline.private_files import keep_files_private
 
 
 def _add_store(p: argparse.ArgumentParser) -> None:
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Every command writes call data (stores, state, exports, event files, a broker's logs):
+    # readable by this user only.
+    keep_files_private()
     if argv[:1] == ["kafka"]:
         from pipeline.kafka.broker import main as kafka_main
 

@@ -5,20 +5,27 @@ chDB engine in the project's data directory, so one machine needs no server; a s
 away (``http://host:8123/db``). The same code runs against both.
 
 The schema comes from ``deploy/clickhouse/schema.sql`` (the one source of truth) and is applied
-idempotently on every connect.
+idempotently on every connect by a user allowed to; a user that may not change the schema (the
+sink's insert-only user, the API's reader) leaves that to the admin and only checks it.
 
 chDB facts that shape this module:
 
 * one data directory per process at a time, and one process per directory: a second opener
   gets a lock error, which is turned into a `StoreError` that says so;
 * a database named in the DSN must exist before clickhouse-connect can use it, so `connect`
-  connects without it, creates it, then switches to it.
+  connects without it, creates it, then switches to it;
+* the engine writes its files (parts on every insert, merges, metadata) from its own threads
+  for as long as it is open, with modes only the process umask governs. So the directory is
+  created 0o700 and the umask is tightened (``| 0o077``) from the open until the client is
+  closed (`pipeline.private_files`): the store is readable by its owner only, like the API
+  keys file, and a program that merely imports this module keeps its umask.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import clickhouse_connect
@@ -26,6 +33,7 @@ from clickhouse_connect.driver.binding import quote_identifier
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
+from pipeline import private_files as private
 from pipeline.config import data_dir, environment
 from pipeline.resources import data_path
 
@@ -44,6 +52,15 @@ __all__ = [
 ]
 
 SCHEMA_PATH = data_path("clickhouse", "schema.sql")
+
+#: ClickHouse error codes of a user that may not run a statement (no grant; a read-only
+#: session): the schema is then the admin's job, and only checked here.
+_NOT_ALLOWED = {164, 497}  # READONLY, ACCESS_DENIED
+
+#: The session setting of a read-only client: no INSERT, no DDL, no lowering it again. Not 1:
+#: that also refuses per-query settings, which the API's selects set
+#: (``do_not_merge_across_partitions_select_final``); chDB's own read-only mode is 2 too.
+READONLY = 2
 
 #: Table per direction (names are code constants, never user input).
 TABLES: dict[str, str] = {"outbound": "cdr_outbound", "inbound": "cdr_inbound"}
@@ -139,21 +156,57 @@ def _split_database(dsn: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(path="")), segment or None
 
 
-def connect(dsn: str | None = None, *, apply_schema: bool = True) -> Client:
+def connect(dsn: str | None = None, *, apply_schema: bool = True, readonly: bool = False) -> Client:
     """Open the store named by `dsn` (default: `default_dsn()`) with the schema in place.
 
     Accepts any DSN clickhouse-connect accepts, plus a bare directory path for chDB. The caller
     owns the client and must close it (it is a context manager): with chDB an open client pins
-    the process to its data directory.
+    the process to its data directory, and keeps the process umask tightened (module doc).
+
+    `readonly`: a client that can only read, whoever its user is. A server gets the session
+    setting ``readonly`` (`READONLY`) with every request, so the server refuses writes and DDL;
+    the schema is only checked, never applied. chDB has a read-only open (engine option
+    ``mode=ro``: `READONLY` for every session of the engine); it comes after a short
+    read-write open that applies the schema, so that a new directory gets its tables (no other
+    process can write a directory this one has open).
     """
     dsn = _normalize(dsn or default_dsn())
     base, database = _split_database(dsn)
+    location = urlsplit(base)
+    embedded = location.scheme == "chdb" and not location.netloc and bool(location.path)
+    if readonly and embedded:
+        if apply_schema:
+            connect(dsn).close()
+        client = _open(dsn, base, embedded=True, chdb_options={"mode": "ro"})
+    elif readonly:
+        client = _open(dsn, base, embedded=False, settings={"readonly": READONLY})
+    else:
+        client = _open(dsn, base, embedded=embedded)
     try:
-        location = urlsplit(base)
-        if location.scheme == "chdb" and not location.netloc and location.path:
-            Path(location.path).mkdir(parents=True, exist_ok=True)
-        client = clickhouse_connect.get_client(dsn=base)
+        if database and database != "default":
+            _ensure_database(client, database, create=not readonly)
+        if database:
+            client.database = database
+        if apply_schema:
+            ensure_schema(client, apply=not readonly)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _open(dsn: str, base: str, *, embedded: bool, **options: Any) -> Client:
+    """clickhouse-connect's client for `base`, errors turned into `StoreError`; an embedded
+    store gets its private directory and holds the tightened umask until closed."""
+    if embedded:
+        private.hold()
+    try:
+        if embedded:
+            private.private_dir(Path(urlsplit(base).path))
+        client = clickhouse_connect.get_client(dsn=base, **options)
     except (ClickHouseError, OSError) as ex:
+        if embedded:
+            private.release()
         hint = ""
         text = str(ex)
         if "Cannot lock file" in text or "already running" in text:
@@ -161,29 +214,51 @@ def connect(dsn: str | None = None, *, apply_schema: bool = True) -> Client:
         elif "already initialized with path" in text:
             hint = " (this process already has another chDB directory open; close that client)"
         raise StoreError(f"cannot open store {redact_dsn(dsn)}: {text}{hint}") from ex
-    try:
-        if database and database != "default":
-            _ensure_database(client, database)
-        if database:
-            client.database = database
-        if apply_schema:
-            ensure_schema(client)
     except BaseException:
-        client.close()
+        if embedded:
+            private.release()
         raise
+    if embedded:
+        _release_on_close(client)
     return client
 
 
-def _ensure_database(client: Client, database: str) -> None:
+def _release_on_close(client: Client) -> None:
+    """Make the client's close (also its ``with`` exit) end its umask hold, once."""
+    close = client.close
+    held = True
+
+    def close_and_release() -> None:
+        nonlocal held
+        try:
+            close()
+        finally:
+            if held:
+                held = False
+                private.release()
+
+    client.close = close_and_release  # type: ignore[method-assign]
+
+
+def _ensure_database(client: Client, database: str, *, create: bool = True) -> None:
     exists = client.query(
         "SELECT count() FROM system.databases WHERE name = {db:String}",
         parameters={"db": database},
     ).result_rows[0][0]
     if not exists:
+        if not create:
+            raise StoreError(f"database {database!r} does not exist (or this user may not see it)")
         try:
             client.command(f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}")
         except ClickHouseError as ex:
             raise StoreError(f"cannot create database {database!r}: {ex}") from ex
+
+
+def _error_code(ex: ClickHouseError) -> int | None:
+    code = getattr(ex, "code", None)
+    if code is None and (m := re.search(r"\bCode: (\d+)", str(ex))):
+        code = int(m.group(1))
+    return code
 
 
 def schema_statements(path: Path = SCHEMA_PATH) -> list[str]:
@@ -196,15 +271,25 @@ def schema_statements(path: Path = SCHEMA_PATH) -> list[str]:
     return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
 
 
-def ensure_schema(client: Client) -> None:
+def ensure_schema(client: Client, *, apply: bool = True) -> None:
     """Apply the schema (idempotent) and check that existing tables have every column we use.
 
     ``CREATE TABLE IF NOT EXISTS`` leaves an older table alone, so a table created by an
     earlier schema would otherwise fail later, on the first insert, far from the cause.
+    The schema is not applied with ``apply=False``, nor by a user the store refuses DDL
+    (a least-privilege reader or writer: the admin applies it, `_NOT_ALLOWED`); the check
+    runs either way, so a missing table or column still fails here.
     """
+    denied = not apply
     try:
-        for stmt in schema_statements():
-            client.command(stmt)
+        for stmt in [] if denied else schema_statements():
+            try:
+                client.command(stmt)
+            except ClickHouseError as ex:
+                if _error_code(ex) not in _NOT_ALLOWED:
+                    raise
+                denied = True
+                break
         rows = client.query(
             "SELECT table, name FROM system.columns"
             " WHERE database = currentDatabase() AND table IN {tables:Array(String)}",
@@ -217,6 +302,11 @@ def ensure_schema(client: Client) -> None:
         present.setdefault(table, set()).add(name)
     for direction, table in TABLES.items():
         missing = [c for c in COLUMNS[direction] if c not in present.get(table, set())]
+        if missing and denied:
+            raise StoreError(
+                f"table {table} lacks columns {', '.join(missing)} and this client may not"
+                f" change the schema: apply {SCHEMA_PATH.name} as the admin user first"
+            )
         if missing:
             raise StoreError(
                 f"table {table} lacks columns {', '.join(missing)}: it predates the current"

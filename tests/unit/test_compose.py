@@ -28,7 +28,8 @@ from pipeline.store import client as store_client
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-TEST_ENV = {"CLICKHOUSE_PASSWORD": "not-a-real-password"}
+PASSWORDS = ("CLICKHOUSE_PASSWORD", "CLICKHOUSE_WRITER_PASSWORD", "CLICKHOUSE_READER_PASSWORD")
+TEST_ENV = {name: f"not-a-real-password-{n}" for n, name in enumerate(PASSWORDS)}
 REQUIRED = {"kafka", "clickhouse", "topics", "worker", "sink", "api", "simulator"}
 # Deadlines that name hosts and ports: they differ between a host process and containers.
 NETWORK_KEYS = {
@@ -143,16 +144,19 @@ def test_interpolation_is_braced_and_password_required(raw: dict[str, Any]) -> N
     collect(raw)
     for value in strings:
         assert not re.search(r"\$(?![{$])", value.replace("$$", "")), f"use ${{VAR}}: {value}"
-    with pytest.raises(ValueError, match="CLICKHOUSE_PASSWORD"):
-        load({})
-    # The password only ever comes from the environment: no literal value in the file.
+    for password in PASSWORDS:
+        with pytest.raises(ValueError, match=password):
+            load({k: v for k, v in TEST_ENV.items() if k != password})
+    # The passwords only ever come from the environment: no literal value in the file.
     ch_env = env_of(raw["services"]["clickhouse"])
-    assert re.fullmatch(r"\$\{CLICKHOUSE_PASSWORD:\?[^}]+\}", ch_env["CLICKHOUSE_PASSWORD"])
+    for password in PASSWORDS:
+        assert re.fullmatch(rf"\$\{{{password}:\?[^}}]+\}}", ch_env[password])
+    required = re.compile(r"\$\{CLICKHOUSE_(?:[A-Z]+_)?PASSWORD:\?")
     for name, service in raw["services"].items():
         for key, value in env_of(service).items():
             secretive = re.search(r"PASSWORD|SECRET|TOKEN", key)
             if secretive or re.search(r"://[^/@\s]*:[^/@\s]*@", value):  # URL with a password
-                assert "${CLICKHOUSE_PASSWORD:?" in value, f"{name}: {key} holds a literal secret"
+                assert required.search(value), f"{name}: {key} holds a literal secret"
 
 
 def test_ports_bind_localhost_only(compose: dict[str, Any]) -> None:
@@ -284,10 +288,12 @@ def test_env_defaults_match_the_code(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_store_dsn_points_at_the_clickhouse_service(compose: dict[str, Any]) -> None:
     ch = env_of(compose["services"]["clickhouse"])
-    for name in ("sink", "api"):
+    # the users the clickhouse container creates (tests/unit/test_least_privilege.py)
+    for name, role in (("sink", "WRITER"), ("api", "READER")):
         dsn = urlsplit(env_of(compose["services"][name])["CDRPIPE_STORE"])
         assert (dsn.scheme, dsn.hostname, dsn.port) == ("http", "clickhouse", 8123), name
-        assert dsn.username == ch["CLICKHOUSE_USER"] and dsn.password == ch["CLICKHOUSE_PASSWORD"]
+        assert dsn.username == ch[f"CLICKHOUSE_{role}_USER"], name
+        assert dsn.password == ch[f"CLICKHOUSE_{role}_PASSWORD"], name
         assert dsn.path.strip("/") == ch["CLICKHOUSE_DB"]
     for name, service in app_services(compose).items():
         env = env_of(service)
