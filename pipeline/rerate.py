@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -35,7 +36,7 @@ from pipeline import config
 from pipeline.core.cdr import build_cdr, call_duration
 from pipeline.core.model import CDR, Direction, Event
 from pipeline.core.refdata import RefData, RefDataHolder
-from pipeline.store.queries import DIRECTIONS, CdrFilter, select_cdrs
+from pipeline.store.queries import DIRECTIONS, CdrFilter, FlagCounts, Kind, select_cdrs
 from pipeline.store.writer import CdrWriter
 
 __all__ = [
@@ -132,25 +133,53 @@ def money(cdr: CDR) -> Decimal:
 
 @dataclass(slots=True)
 class AccountRerate:
-    """Before/after of one account's CDRs in one direction. Money is exact (Decimal)."""
+    """Before/after of one account's CDRs in one direction: `FlagCounts` (as `totals` and the
+    KPIs count them) and money, exact (Decimal)."""
 
     direction: Direction
     account: str
     count: int = 0
     changed: int = 0
-    unrated_before: int = 0
-    unrated_after: int = 0
     charged_before: Decimal = _ZERO
     charged_after: Decimal = _ZERO
+    # {FlagCounts.kind(cdr): CDRs}, before and after (`FlagCounts.tally`)
+    kinds_before: Counter[Kind] = field(default_factory=Counter, repr=False)
+    kinds_after: Counter[Kind] = field(default_factory=Counter, repr=False)
+
+    @property
+    def before(self) -> FlagCounts:
+        return FlagCounts.tally(self.kinds_before)
+
+    @property
+    def after(self) -> FlagCounts:
+        return FlagCounts.tally(self.kinds_after)
+
+    @property
+    def unrated_before(self) -> int:
+        return self.before.unrated
+
+    @property
+    def unrated_after(self) -> int:
+        return self.after.unrated
 
     def add(self, before: CDR, after: CDR | None) -> None:
         now = before if after is None else after
         self.count += 1
         self.changed += after is not None
-        self.unrated_before += not before.rated
-        self.unrated_after += not now.rated
+        self.kinds_before[FlagCounts.kind(before)] += 1
+        self.kinds_after[FlagCounts.kind(now)] += 1
         self.charged_before += money(before)
         self.charged_after += money(now)
+
+    def __iadd__(self, other: AccountRerate) -> AccountRerate:
+        """Another account's figures added (for the totals of a direction)."""
+        self.count += other.count
+        self.changed += other.changed
+        self.charged_before += other.charged_before
+        self.charged_after += other.charged_after
+        self.kinds_before.update(other.kinds_before)
+        self.kinds_after.update(other.kinds_after)
+        return self
 
 
 @dataclass(slots=True)
@@ -192,12 +221,7 @@ class RerateSummary:
             if part:
                 total = AccountRerate(direction, "")  # type: ignore[arg-type]
                 for a in part:
-                    total.count += a.count
-                    total.changed += a.changed
-                    total.unrated_before += a.unrated_before
-                    total.unrated_after += a.unrated_after
-                    total.charged_before += a.charged_before
-                    total.charged_after += a.charged_after
+                    total += a
                 rows.append(_row(direction, "TOTAL", total))
         widths = [max(len(r[i]) for r in (header, *rows)) for i in range(len(header))]
         lines = [

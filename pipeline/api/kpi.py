@@ -18,7 +18,7 @@ Definitions (docs/API.md repeats them):
 * unrated, timed out: CDRs with those bookkeeping flags;
 * account_mismatch: CDRs whose event named another account than the owner of the trunk or
   DID (stored under the owner's); unknown_trunk, unknown_did, no_rate, unrated_timed_out: the
-  unrated CDRs by reason (`pipeline.store.queries.FLAG_COUNTS`).
+  unrated CDRs by reason (`pipeline.store.queries.FlagCounts`).
 
 Ratios are rounded half-up (percentages to 2 places, ACD to 1) and null when their denominator
 is 0; money is an exact Decimal with 6 places.
@@ -33,7 +33,7 @@ from typing import Any, Literal
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from pipeline.store.client import Client, StoreError
-from pipeline.store.queries import FLAG_COUNTS, CdrFilter, _where
+from pipeline.store.queries import CdrFilter, FlagCounts, _where
 
 __all__ = ["GROUPS", "MAX_GROUPS", "GroupBy", "KpiReport", "KpiRow", "kpis"]
 
@@ -65,9 +65,9 @@ _TENTH = Decimal("0.1")
 _SELECT_SETTINGS: dict[str, Any] = {"do_not_merge_across_partitions_select_final": 1}
 
 
-@dataclass(frozen=True, slots=True)
-class KpiRow:
-    """The KPIs of one group (``key`` "" for the totals)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KpiRow(FlagCounts):
+    """The KPIs of one group (``key`` "" for the totals), with its `FlagCounts`."""
 
     key: str
     attempts: int
@@ -76,13 +76,6 @@ class KpiRow:
     seconds: int
     billed_seconds: int | None
     charged: Decimal
-    unrated: int
-    timed_out: int
-    account_mismatch: int = 0
-    unknown_trunk: int = 0
-    unknown_did: int = 0
-    no_rate: int = 0
-    unrated_timed_out: int = 0
 
     @property
     def asr_pct(self) -> Decimal | None:
@@ -120,13 +113,7 @@ class KpiRow:
             seconds=self.seconds + other.seconds,
             billed_seconds=billed,
             charged=self.charged + other.charged,
-            unrated=self.unrated + other.unrated,
-            timed_out=self.timed_out + other.timed_out,
-            account_mismatch=self.account_mismatch + other.account_mismatch,
-            unknown_trunk=self.unknown_trunk + other.unknown_trunk,
-            unknown_did=self.unknown_did + other.unknown_did,
-            no_rate=self.no_rate + other.no_rate,
-            unrated_timed_out=self.unrated_timed_out + other.unrated_timed_out,
+            **self.plus(other),
         )
 
 
@@ -137,7 +124,15 @@ def _ratio(num: int, den: int, places: Decimal) -> Decimal | None:
 
 
 def _empty(direction: str) -> KpiRow:
-    return KpiRow("", 0, 0, 0, 0, 0 if direction == "outbound" else None, _ZERO, 0, 0)
+    return KpiRow(
+        key="",
+        attempts=0,
+        answered=0,
+        delivered=0,
+        seconds=0,
+        billed_seconds=0 if direction == "outbound" else None,
+        charged=_ZERO,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,9 +153,7 @@ def _query(client: Client, flt: CdrFilter, group_by: str, limit: int | None) -> 
         " countIf(status = 'answered') AS answered,"
         " countIf(status IN ('answered', 'busy', 'no-answer') OR disconnect_code = 603),"
         f" sum(duration), {_BILLED[flt.direction]}, {_CHARGED[flt.direction]},"
-        " countIf(NOT rated), countIf(timed_out)"
-        + "".join(f", countIf({cond})" for cond in FLAG_COUNTS.values())
-        + f" FROM {flt.table} FINAL WHERE {where}"
+        f" {FlagCounts.SQL} FROM {flt.table} FINAL WHERE {where}"
     )
     if group_by != "none":
         sql += f" GROUP BY k ORDER BY {order}"
@@ -173,8 +166,7 @@ def _query(client: Client, flt: CdrFilter, group_by: str, limit: int | None) -> 
         raise StoreError(f"KPI query failed: {ex}") from ex
     out = []
     for row in rows:
-        key, attempts, answered, delivered, seconds, billed, charged, unrated, timed_out = row[:9]
-        mismatch, unknown_trunk, unknown_did, no_rate, unrated_timed_out = row[9:]
+        key, attempts, answered, delivered, seconds, billed, charged = row[:7]
         if attempts == 0:  # an aggregate without GROUP BY over no rows
             continue
         out.append(
@@ -186,13 +178,7 @@ def _query(client: Client, flt: CdrFilter, group_by: str, limit: int | None) -> 
                 seconds=int(seconds),
                 billed_seconds=int(billed or 0) if flt.direction == "outbound" else None,
                 charged=(Decimal(0) if charged is None else Decimal(charged)).quantize(_MICRO),
-                unrated=int(unrated),
-                timed_out=int(timed_out),
-                account_mismatch=int(mismatch),
-                unknown_trunk=int(unknown_trunk),
-                unknown_did=int(unknown_did),
-                no_rate=int(no_rate),
-                unrated_timed_out=int(unrated_timed_out),
+                **FlagCounts.read(row[7:]),
             )
         )
     return out

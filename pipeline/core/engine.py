@@ -25,7 +25,7 @@ from pipeline.core.correlate import (
 from pipeline.core.dead_letters import INVALID, DeadLetter
 from pipeline.core.events import InvalidEvent, parse_event
 from pipeline.core.model import CDR, Source, slot_constructor
-from pipeline.core.partitioning import DEFAULT_PARTITIONS, partition_for
+from pipeline.core.partitioning import DEFAULT_PARTITIONS, CanonicalPartition
 from pipeline.core.refdata import RefDataHolder
 
 
@@ -38,7 +38,6 @@ class Outcome:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-_ROUTES = 1 << 18  # call ids whose partition an Engine remembers before it starts afresh
 _outcome = slot_constructor(Outcome)  # _outcome(cdrs, dead): Outcome(cdrs, dead), cheaper
 NOTHING = Outcome()  # shared: tests/conftest.py checks after every test that it stays empty
 _source = slot_constructor(Source)
@@ -65,17 +64,9 @@ class Engine:
         self.partitions = partitions
         self.correlator = Correlator(states if states is not None else {}, settings, deadlines)
         self.counters: Counter[str] = Counter()
-        self._routes: dict[str, int] = {}  # call id -> partition_for(call id, partitions)
+        # call id -> its partition (`partition_for`), remembered: a call has several events
+        self._partition_of = CanonicalPartition(partitions).of_id
         self.last_ts: datetime | None = None  # event time of the last valid message fed
-
-    def _route(self, call_id: str) -> int:
-        """`partition_for(call_id, self.partitions)`, remembered in a plain dict."""
-        partition = partition_for(call_id, self.partitions)
-        routes = self._routes
-        if len(routes) >= _ROUTES:
-            routes.clear()
-        routes[call_id] = partition
-        return partition
 
     def feed(
         self,
@@ -119,9 +110,7 @@ class Engine:
         self.counters["events"] += 1
         self.last_ts = event.ts
         if partition is None:
-            partition = self._routes.get(event.id)
-            if partition is None:
-                partition = self._route(event.id)
+            partition = self._partition_of(event.id)
             source = None  # the message's own partition is not the call's
         if source is None:
             source = _source(topic, partition, offset)

@@ -308,21 +308,22 @@ def _flattened(data: dict[str, Any], kind: str) -> dict[str, Any]:
 def _descriptions() -> dict[str, str]:
     """Each pattern of the schema files -> the description beside it (what a value must be)."""
     found: dict[str, str] = {}
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("pattern"), str) and isinstance(node.get("description"), str):
-                found[node["pattern"]] = node["description"]
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
     for path in sorted(SCHEMA_DIR.iterdir(), key=lambda p: p.name):
         if path.name.endswith(".schema.json"):
-            walk(_load_schema(path.name))
+            _collect_descriptions(_load_schema(path.name), found)
     return found
+
+
+def _collect_descriptions(node: Any, found: dict[str, str]) -> None:
+    # Not a closure: a recursive inner function is a reference cycle, garbage for the collector.
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str) and isinstance(node.get("description"), str):
+            found[node["pattern"]] = node["description"]
+        for value in node.values():
+            _collect_descriptions(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _collect_descriptions(value, found)
 
 
 def _problem(error: jsonschema_rs.ValidationError) -> str:

@@ -19,7 +19,6 @@ import random
 import struct
 import zlib
 from collections.abc import Callable
-from functools import lru_cache
 
 import numpy as np
 import orjson
@@ -61,10 +60,10 @@ def murmur2(data: bytes) -> int:
     return h
 
 
-@lru_cache(maxsize=1 << 16)
 def partition_for(call_id: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner picks for this key."""
-    return (murmur2(call_id.encode()) & 0x7FFFFFFF) % partitions
+    """The partition Kafka's default partitioner picks for this call id: the routing rule.
+    Not remembered here; `CanonicalPartition` is the one cache of it."""
+    return murmur2_partition(call_id.encode(), partitions)
 
 
 __all__ = [
@@ -187,13 +186,34 @@ _CACHE = 1 << 18  # call ids remembered before the cache starts afresh
 
 
 class CanonicalPartition:
-    """``message bytes -> canonical partition`` (None for a message without a call id:
-    it touches no call state and is dead-lettered wherever it is read). A call's events
-    share an id, so each id is hashed once while it is remembered."""
+    """The canonical partition of each call, remembered per call id: the one cache of
+    `partition_for`, used by the engine (a parsed event's id) and by the routers of raw
+    messages (a worker's misrouted check, the parallel replay). A call's events share an id,
+    so each id is hashed once while it is remembered; after `_CACHE` ids the cache starts
+    afresh, so memory stays bounded. Keys are the id's UTF-8 bytes, as `call_key` reads them."""
 
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self.known: dict[bytes, int] = {}
+
+    def of_id(self, call_id: str) -> int:
+        """``partition_for(call_id, self.partitions)``, remembered."""
+        key = call_id.encode()
+        partition = self.known.get(key)
+        if partition is None:
+            partition = self._hash(key)
+        return partition
+
+    def __call__(self, raw: bytes) -> int | None:
+        """The message's canonical partition; None for a message without a call id: it
+        touches no call state and is dead-lettered wherever it is read."""
+        key = call_key(raw)
+        if key is None:
+            return None
+        partition = self.known.get(key)
+        if partition is None:
+            partition = self._hash(key)
+        return partition
 
     def many(self, raws: list[bytes]) -> list[int | None]:
         """`self(raw)` of each, the ids not remembered hashed together (`partitions_for`)."""
@@ -207,13 +227,9 @@ class CanonicalPartition:
             known.update(zip(fresh, partitions_for(fresh, self.partitions), strict=True))
         return [None if k is None else known[k] for k in keys]
 
-    def __call__(self, raw: bytes) -> int | None:
-        key = call_key(raw)
-        if key is None:
-            return None
-        partition = self.known.get(key)
-        if partition is None:
-            if len(self.known) >= _CACHE:
-                self.known.clear()
-            partition = self.known[key] = murmur2_partition(key, self.partitions)
+    def _hash(self, key: bytes) -> int:
+        known = self.known
+        if len(known) >= _CACHE:
+            known.clear()
+        partition = known[key] = murmur2_partition(key, self.partitions)
         return partition

@@ -60,7 +60,7 @@ from typing import Any
 from pipeline.core.correlate import DeadLetter, Deadlines
 from pipeline.core.engine import Engine
 from pipeline.core.model import CDR
-from pipeline.core.partitioning import call_key, partitions_for
+from pipeline.core.partitioning import CanonicalPartition
 from pipeline.core.refdata import RefDataHolder
 from pipeline.replay.serial import (
     DEFAULT_PARTITIONS,
@@ -88,7 +88,6 @@ __all__ = ["ParallelReplay"]
 
 CHUNK_LINES = 2_000  # lines per worker per round, on average
 WINDOW = 8  # rounds in flight: enough work queued for the workers while the parent writes
-_ROUTE_CACHE = 1 << 18  # call ids remembered by the router before it starts afresh
 _POLL_S = 1.0
 
 # ------------------------------------------------------------------ worker side
@@ -291,7 +290,7 @@ class ParallelReplay(Collector):
         raws: list[bytes] = []
         round_size = self.chunk_lines * self.jobs
         window = self.window
-        self._partition_of: dict[bytes, int] = {}  # call id -> partition, for `_send`
+        self._canonical = CanonicalPartition(self.partitions)  # for `_send`
         in_flight = count = 0
         for number, raw in lines:
             numbers.append(number)
@@ -313,26 +312,16 @@ class ParallelReplay(Collector):
         return count
 
     def _send(self, numbers: list[int], raws: list[bytes]) -> None:
-        """Route a round of lines: each line's call id (`call_key`), its partition (remembered;
-        the ids new in the round hashed together, `partitions_for`), the worker owning that
+        """Route a round of lines: each line's canonical partition (`CanonicalPartition.many`:
+        remembered, the ids new in the round hashed together), the worker owning that
         partition; a line without a call id goes to any worker, with no partition (-1)."""
         jobs = self.jobs
-        keys = [call_key(raw) for raw in raws]
-        known = self._partition_of
-        new = {key for key in keys if key is not None and key not in known}
-        if new:
-            if len(known) + len(new) > _ROUTE_CACHE:
-                known.clear()
-                new = {key for key in keys if key is not None}
-            fresh = list(new)
-            known.update(zip(fresh, partitions_for(fresh, self.partitions), strict=True))
         parts: list[list[list[Any]]] = [[[], [], []] for _ in range(jobs)]
-        for number, raw, key in zip(numbers, raws, keys, strict=True):
-            if key is None:
+        for number, raw, partition in zip(numbers, raws, self._canonical.many(raws), strict=True):
+            if partition is None:
                 partition = -1
                 out = parts[number % jobs]
             else:
-                partition = known[key]
                 out = parts[partition % jobs]
             out[0].append(number)
             out[1].append(raw)

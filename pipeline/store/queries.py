@@ -10,11 +10,12 @@ Rows older than the two-month retention are hidden even before the TTL merge rem
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any, get_args
+from operator import add, attrgetter
+from typing import Any, ClassVar, get_args
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -29,6 +30,7 @@ __all__ = [
     "STATUSES",
     "FLAG_COUNTS",
     "CdrFilter",
+    "FlagCounts",
     "Totals",
     "count_cdrs",
     "select_cdrs",
@@ -168,6 +170,10 @@ class CdrFilter:
         return TABLES[self.direction]
 
 
+#: Filter fields that select the column of the same name by equality: name, parameter type.
+_EQUALS = (("cdr_type", "String"), ("status", "String"), ("rated", "Bool"), ("timed_out", "Bool"))
+
+
 def _where(flt: CdrFilter) -> tuple[str, dict[str, Any]]:
     """The WHERE clause (code constants only) and its parameter values."""
     clauses = [_RETAINED]
@@ -193,18 +199,11 @@ def _where(flt: CdrFilter) -> tuple[str, dict[str, Any]]:
         else:
             clauses.append("startsWith(destination, {destination:String})")
         params["destination"] = flt.destination
-    if flt.cdr_type is not None:
-        clauses.append("cdr_type = {cdr_type:String}")
-        params["cdr_type"] = flt.cdr_type
-    if flt.status is not None:
-        clauses.append("status = {status:String}")
-        params["status"] = flt.status
-    if flt.rated is not None:
-        clauses.append("rated = {rated:Bool}")
-        params["rated"] = flt.rated
-    if flt.timed_out is not None:
-        clauses.append("timed_out = {timed_out:Bool}")
-        params["timed_out"] = flt.timed_out
+    for name, kind in _EQUALS:
+        value = getattr(flt, name)
+        if value is not None:
+            clauses.append(f"{name} = {{{name}:{kind}}}")
+            params[name] = value
     if flt.flag is not None:
         clauses.append("has(flags, {flag:String})")
         params["flag"] = flt.flag
@@ -289,20 +288,87 @@ FLAG_COUNTS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Totals:
-    """Summary of the CDRs matching a filter. Money sums are exact Decimals; the amounts that
-    belong to the other direction are None. ``unknown_trunk``, ``unknown_did``, ``no_rate``
-    and ``unrated_timed_out`` count the unrated CDRs by reason (see `FLAG_COUNTS`)."""
+Kind = tuple[bool, bool, tuple[str, ...]]  # `FlagCounts.kind`: (rated, timed_out, flags)
 
-    count: int
-    unrated: int
-    timed_out: int
+#: Every count of `FlagCounts`, in field order: name -> condition (code constants).
+_COUNTED: dict[str, str] = {"unrated": "NOT rated", "timed_out": "timed_out", **FLAG_COUNTS}
+
+
+@dataclass(frozen=True, slots=True)
+class FlagCounts:
+    """How many CDRs are unrated, timed out and flagged (`FLAG_COUNTS`): the counts that
+    `totals`, the KPI rows and the re-rating summary report, defined here only. `SQL` counts
+    them in a query, `of_kind` counts a CDR in Python by the same conditions, and rows of
+    counts add up (`+`, `plus`, `tally`), so the figures agree however they were counted."""
+
+    unrated: int = 0
+    timed_out: int = 0
     account_mismatch: int = 0
     unknown_trunk: int = 0
     unknown_did: int = 0
     no_rate: int = 0
     unrated_timed_out: int = 0
+
+    #: The select list of the counts, one column per field in field order (see `read`).
+    SQL: ClassVar[str] = ", ".join(f"countIf({cond})" for cond in _COUNTED.values())
+
+    @staticmethod
+    def kind(cdr: CDR) -> Kind:
+        """What the counts of a CDR depend on; CDRs of a kind count alike (`tally`)."""
+        return (cdr.rated, cdr.timed_out, cdr.flags)
+
+    @staticmethod
+    def of_kind(kind: Kind) -> FlagCounts:
+        """The counts of one CDR of this `kind` (0 or 1 each): what `SQL` counts for its row."""
+        counts = _ONE.get(kind)
+        if counts is None:  # a handful of kinds: each worked out once
+            rated, timed_out, flags = kind
+            counts = _ONE[kind] = FlagCounts(
+                unrated=int(not rated),
+                timed_out=int(timed_out),
+                account_mismatch=int("account_mismatch" in flags),
+                unknown_trunk=int("unknown_trunk" in flags),
+                unknown_did=int("unknown_did" in flags),
+                no_rate=int("no_rate" in flags),
+                unrated_timed_out=int(timed_out and not rated),
+            )
+        return counts
+
+    @staticmethod
+    def read(columns: Sequence[Any]) -> dict[str, int]:
+        """The counts in the `SQL` columns of a result row, as keyword arguments (of this
+        class or of a row that extends it)."""
+        return {name: int(value) for name, value in zip(_COUNTED, columns, strict=True)}
+
+    def plus(self, other: FlagCounts) -> dict[str, int]:
+        """Both rows' counts summed, as keyword arguments (of this class or of a row that
+        extends it)."""
+        return dict(zip(_COUNTED, map(add, _counts(self), _counts(other)), strict=True))
+
+    def __add__(self, other: FlagCounts) -> FlagCounts:
+        return FlagCounts(*map(add, _counts(self), _counts(other)))
+
+    @staticmethod
+    def tally(kinds: Mapping[Kind, int]) -> FlagCounts:
+        """The counts of CDRs tallied by `kind` (``{kind: CDRs}``): a tally is far cheaper to
+        keep per CDR than a sum of rows."""
+        sums = [0] * len(_COUNTED)
+        for kind, n in kinds.items():
+            for i, value in enumerate(_counts(FlagCounts.of_kind(kind))):
+                sums[i] += value * n
+        return FlagCounts(*sums)
+
+
+_counts = attrgetter(*_COUNTED)  # a row's counts, in field order
+_ONE: dict[Kind, FlagCounts] = {}  # `FlagCounts.of_kind`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Totals(FlagCounts):
+    """Summary of the CDRs matching a filter: their count, `FlagCounts` and money sums. Money
+    sums are exact Decimals; the amounts that belong to the other direction are None."""
+
+    count: int
     charged: Decimal | None = None
     toll_free_amount: Decimal | None = None
     termination_amount: Decimal | None = None
@@ -310,33 +376,19 @@ class Totals:
 
 
 def totals(client: Client, flt: CdrFilter) -> Totals:
-    """Count, unrated and timed-out counts, flag counts and money sums of the CDRs matching
-    `flt`."""
+    """Count, `FlagCounts` and money sums of the CDRs matching `flt`."""
     where, params = _where(flt)
     money = _MONEY[flt.direction]
-    counts = "".join(f", countIf({cond})" for cond in FLAG_COUNTS.values())
     sums = "".join(f", sum({name})" for name in money)
-    sql = (
-        f"SELECT count(), countIf(NOT rated), countIf(timed_out){counts}{sums}"
-        f" FROM {flt.table} FINAL WHERE {where}"
-    )
+    sql = f"SELECT count(){sums}, {FlagCounts.SQL} FROM {flt.table} FINAL WHERE {where}"
     row = _one_row(client, sql, params)
-    count, unrated, timed_out, mismatch, unknown_trunk, unknown_did, no_rate, unrated_timed_out = (
-        int(n) for n in row[:8]
-    )
     amounts = {
         name: Decimal(0) if value is None else Decimal(value)
-        for name, value in zip(money, row[8:], strict=True)
+        for name, value in zip(money, row[1 : 1 + len(money)], strict=True)
     }
     return Totals(
-        count=count,
-        unrated=unrated,
-        timed_out=timed_out,
-        account_mismatch=mismatch,
-        unknown_trunk=unknown_trunk,
-        unknown_did=unknown_did,
-        no_rate=no_rate,
-        unrated_timed_out=unrated_timed_out,
+        count=int(row[0]),
+        **FlagCounts.read(row[1 + len(money) :]),
         charged=amounts.get("charged"),
         toll_free_amount=amounts.get("toll_free_amount"),
         termination_amount=amounts.get("termination_amount"),

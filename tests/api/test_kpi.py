@@ -15,10 +15,13 @@ kpi-a outbound (o1..o10):
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import fields
+
 import pytest
 
 from pipeline.api.kpi import kpis
-from pipeline.store.queries import CdrFilter
+from pipeline.store.queries import CdrFilter, FlagCounts, select_cdrs, totals
 from tests.api.conftest import Env, auth
 from tests.api.dataset import days
 
@@ -181,3 +184,22 @@ def test_groups_add_up_to_totals(env: Env, group_by):
     if group_by != "none":
         assert sum(g.attempts for g in report.groups) == reference.attempts
         assert sum(g.charged for g in report.groups) == reference.charged
+
+
+def _counts(row: FlagCounts) -> dict[str, int]:
+    return {f.name: getattr(row, f.name) for f in fields(FlagCounts)}
+
+
+@pytest.mark.parametrize("direction", ["outbound", "inbound"])
+@pytest.mark.parametrize("account", ["kpi-f", "kpi-a", "acc-1002"])
+def test_flag_counts_agree_in_sql_and_python(env: Env, direction, account):
+    """`FlagCounts` counts the same in a query (`totals`, the KPIs) as over the CDRs read back
+    (`FlagCounts.tally`, as the re-rating summary counts), and the KPI groups' counts add up."""
+    flt = CdrFilter(direction=direction, account=account)
+    read = FlagCounts.tally(Counter(map(FlagCounts.kind, select_cdrs(env.client, flt))))
+    assert _counts(totals(env.client, flt)) == _counts(read)
+    assert _counts(kpis(env.client, flt).totals) == _counts(read)
+    groups = kpis(env.client, flt, "trunk").groups
+    assert _counts(sum(groups, FlagCounts())) == _counts(read)
+    if account == "kpi-f":
+        assert read.account_mismatch and read.unrated  # the flagged calls are counted

@@ -98,3 +98,31 @@ def test_a_cycles_messages_get_the_same_partitions_hashed_together(ids, partitio
     one, many = CanonicalPartition(partitions), CanonicalPartition(partitions)
     assert many.many(raws) == [one(raw) for raw in raws]
     assert many.many(raws) == [one(raw) for raw in raws]  # remembered this time
+
+
+@given(st.lists(st.text(min_size=1, max_size=30), max_size=40), st.integers(1, 16))
+def test_an_id_and_its_messages_share_one_remembered_partition(ids, partitions):
+    """The engine routes a parsed event's id, the routers a raw message: one cache for both."""
+    canonical = CanonicalPartition(partitions)
+    for call_id in ids:
+        try:
+            raw = orjson.dumps({"event": "end", "id": call_id})
+        except orjson.JSONEncodeError:  # a lone surrogate: no valid event has it
+            continue
+        assert canonical.of_id(call_id) == partition_for(call_id, partitions)
+        assert canonical(raw) == canonical.of_id(call_id)
+        assert call_id.encode() in canonical.known
+    assert len(canonical.known) <= len(set(ids))
+
+
+def test_the_remembered_partitions_stay_bounded(monkeypatch):
+    import pipeline.core.partitioning as partitioning
+
+    monkeypatch.setattr(partitioning, "_CACHE", 4)
+    canonical = CanonicalPartition(8)
+    ids = [f"call-{n}" for n in range(11)]
+    assert [canonical.of_id(i) for i in ids] == [partition_for(i, 8) for i in ids]
+    assert len(canonical.known) <= 4
+    raws = [orjson.dumps({"event": "end", "id": i}) for i in ids[:3]]
+    assert canonical.many(raws) == [partition_for(i, 8) for i in ids[:3]]
+    assert len(canonical.known) <= 4
