@@ -124,9 +124,8 @@ def test_formula_cells_are_neutralized(api, env: Env):
         params=env.params(direction="inbound", account="evil"),
         headers=auth(env.keys["admin"]),
     )
-    # `cdrpipe export` leaves a cell holding a bare CR unquoted (its line ends are LF), so a
-    # CSV reader would split it: check the bytes
-    cells = b",'\r123,18005550100," + "sip:=cmd@example.com;ü=☎".encode() + b","
+    # a cell holding a CR or a ";" is quoted, whatever the line ends: check the bytes
+    cells = b',"\'\r123",18005550100,"' + "sip:=cmd@example.com;ü=☎".encode() + b'",'
     assert cells in r.content
 
 
