@@ -52,6 +52,33 @@ class Environment(BaseSettings):
         None, description="ClickHouse DSN (unset: the embedded chDB store in <data>/store)"
     )
     api_keys: Path | None = Field(None, description="API keys file (unset: <data>/api-keys.json)")
+    # The HTTP service (`cdrpipe serve`)
+    api_allowed_hosts: str | None = Field(
+        None,
+        description="API: more Host names it answers to, comma separated (always: localhost,"
+        " 127.0.0.1, ::1 and the address a request came in on)",
+    )
+    api_key_concurrency: int = Field(
+        4, ge=1, description="API: requests one key may have running at once (exports included)"
+    )
+    api_key_rate: float = Field(
+        50, gt=0, description="API: store queries a second one key may make on average"
+    )
+    api_key_burst: int = Field(
+        500, ge=1, description="API: store queries one key may make in a burst above that rate"
+    )
+    api_header_timeout_s: float = Field(
+        10, gt=0, description="API: seconds a client has to send a request's line and headers"
+    )
+    api_body_timeout_s: float = Field(
+        10, gt=0, description="API: seconds a request body may pause between two reads"
+    )
+    api_keep_alive_s: float = Field(
+        5, gt=0, description="API: seconds an idle keep-alive connection stays open"
+    )
+    api_max_connections: int = Field(
+        200, ge=1, description="API: connections and requests at once; more get 503"
+    )
     # Billing deadlines (event time)
     max_call_s: float = Field(
         DEFAULT_MAX_CALL_DURATION.total_seconds(),

@@ -9,6 +9,15 @@ Bounds keep every request cheap and predictable: at most `max_days` (62, two mon
 is a 400 with a JSON body ``{"error": ..., "message": ...}``, as are malformed values (FastAPI's
 own 422 is turned into 400 so that clients see one error shape).
 
+Fairness: every query shares one store client, so each key is held to a request rate and a
+number of requests running at once (`pipeline.api.limits`, 429 with Retry-After), and exports
+read the store chunk by chunk behind short queries (`SharedStore.call_bulk`): one key's exports
+cannot make every other tenant wait. ``/healthz`` does not touch the store at all.
+
+Requests naming a host the service is not reached as get 400 (`pipeline.api.hosts`), and no
+redirect is built from the Host header. The access log (`pipeline.api.access_log`) records
+route templates, never query strings: those carry phone numbers, and keys sent by mistake.
+
 With chDB the service must run in the process that owns the data directory: `create_app`
 opens the store when the app starts (or uses a client it is given) and closes what it opened.
 """
@@ -16,7 +25,7 @@ opens the store when the app starts (or uses a client it is given) and closes wh
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -28,11 +37,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.api import page
+from pipeline.api.access_log import AccessLogMiddleware
 from pipeline.api.auth import KeyStore, Principal, default_keys_path
+from pipeline.api.hosts import HostCheckMiddleware, parse_hosts
 from pipeline.api.kpi import kpis
+from pipeline.api.limits import KeyLimiter, KeyLimits, LimitExceeded, Slot
 from pipeline.api.models import (
     CdrPage,
     ErrorBody,
@@ -44,13 +57,17 @@ from pipeline.api.models import (
     kpi_out,
 )
 from pipeline.api.store_access import (
+    CURSOR_MAX_LENGTH,
     SharedStore,
-    csv_chunk,
     csv_header,
+    csv_lines,
     decode_cursor,
     encode_cursor,
+    export_piece,
+    export_start,
     page_cdrs,
 )
+from pipeline.config import environment
 from pipeline.core.model import Flag
 from pipeline.store.client import Client, StoreError, connect
 from pipeline.store.queries import CdrFilter
@@ -60,7 +77,7 @@ __all__ = ["DEFAULT_EXPORT_CHUNK", "DEFAULT_MAX_DAYS", "ApiError", "create_app"]
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DAYS = 62
-DEFAULT_EXPORT_CHUNK = 20_000
+DEFAULT_EXPORT_CHUNK = 1_000
 MAX_PAGE = 1000
 MAX_TEXT = 256
 _TIME_MIN = datetime(2000, 1, 1, tzinfo=UTC)
@@ -93,6 +110,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorBody, "description": "invalid filter, range, page size or cursor"},
     401: {"model": ErrorBody, "description": "missing or unknown API key"},
     403: {"model": ErrorBody, "description": "filter names an account the key may not read"},
+    429: {
+        "model": ErrorBody,
+        "description": "the key's request rate or running requests are over its limit;"
+        " retry after Retry-After seconds",
+    },
     503: {"model": ErrorBody, "description": "the CDR store failed or is unreachable"},
 }
 
@@ -130,6 +152,21 @@ def _principal(
             {"WWW-Authenticate": "Bearer"},
         )
     return principal
+
+
+def _too_many(exc: LimitExceeded) -> ApiError:
+    return ApiError(429, "too_many_requests", str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+def _slot(request: Request, principal: Principal) -> Slot:
+    """A running-request slot of the key, or 429. Taken once a request is valid and about to
+    query the store: refusals and cheap answers cost a key nothing."""
+    limiter: KeyLimiter = request.app.state.limiter
+    try:
+        limiter.take(principal.key_id)
+        return limiter.enter(principal.key_id)
+    except LimitExceeded as exc:
+        raise _too_many(exc) from None
 
 
 PrincipalDep = Annotated[Principal, Depends(_principal)]
@@ -291,7 +328,7 @@ def _bad_time_message(text: str) -> str:
 def _open_store(store: str | Callable[[], Client] | None) -> SharedStore:
     if callable(store):
         return SharedStore(store(), owned=True)
-    return SharedStore(connect(store), owned=True)
+    return SharedStore(connect(store, readonly=True), owned=True)  # the API never writes
 
 
 class CsvResponse(StreamingResponse):
@@ -304,16 +341,30 @@ def create_app(
     *,
     max_days: int = DEFAULT_MAX_DAYS,
     export_chunk_rows: int = DEFAULT_EXPORT_CHUNK,
+    limits: KeyLimits | None = None,
+    allowed_hosts: str | None = None,
 ) -> FastAPI:
     """The FastAPI app.
 
     `store`: a DSN (default `default_dsn()`), a factory returning a client, or an open client
     (used, not closed: for tests and embedding). The store is opened when the app starts, in
     the serving process. `keys`: the keys file (default `default_keys_path()`) or a `KeyStore`.
-    `export_chunk_rows`: rows fetched per store query while streaming a CSV (the memory bound).
+    `export_chunk_rows`: rows fetched per store query while streaming a CSV (the memory bound,
+    and what bounds how long an export holds the shared store at a time). `limits` (default: the
+    ``CDRPIPE_API_KEY_*`` settings) bound each key; `allowed_hosts` names Host header values
+    accepted besides the defaults, comma separated (default: ``CDRPIPE_API_ALLOWED_HOSTS``).
     """
     if max_days < 1 or export_chunk_rows < 1:
         raise ValueError("max_days and export_chunk_rows must be at least 1")
+    settings = environment()
+    if limits is None:
+        limits = KeyLimits(
+            concurrency=settings.api_key_concurrency,
+            rate=settings.api_key_rate,
+            burst=settings.api_key_burst,
+        )
+    if allowed_hosts is None:
+        allowed_hosts = settings.api_allowed_hosts
     key_store = (
         keys
         if isinstance(keys, KeyStore)
@@ -341,8 +392,11 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # Swagger UI loads from a CDN; the service must work offline
         redoc_url=None,
+        # a slash redirect's Location would be built from the Host header
+        redirect_slashes=False,
     )
     app.state.keys = key_store
+    app.state.limiter = KeyLimiter(limits)
     # A client handed in is usable at once, even by callers that skip the lifespan events.
     given = isinstance(store, Client)
     app.state.store = SharedStore(store, owned=False) if isinstance(store, Client) else None
@@ -367,6 +421,9 @@ def create_app(
         _log.error("store error: %s", exc)
         return _error(503, "store_unavailable", "the CDR store failed; try again later")
 
+    app.add_middleware(HostCheckMiddleware, extra_hosts=parse_hosts(allowed_hosts))
+    app.add_middleware(AccessLogMiddleware)  # outermost: it logs the Host check's 400s too
+
     @app.middleware("http")
     async def _headers(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
@@ -385,9 +442,10 @@ def create_app(
         return store
 
     @app.get("/healthz", response_model=Health, tags=["service"], responses={503: _ERRORS[503]})
-    async def healthz(request: Request) -> Health:
-        """Liveness and store reachability (no key needed)."""
-        await shared(request).call(lambda c: c.query("SELECT 1"))
+    async def healthz() -> Health:
+        """Liveness (no key needed). Answered without the store, so that a busy store does
+        not make a supervisor restart a working service; store failures show as 503 on the
+        data routes."""
         return Health(status="ok")
 
     @app.get("/api/v1/me", response_model=Me, tags=["cdrs"], responses={401: _ERRORS[401]})
@@ -403,7 +461,7 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE, description="rows per page")] = 100,
         cursor: Annotated[
             str | None,
-            Query(max_length=512, description="next_cursor of the previous page"),
+            Query(max_length=CURSOR_MAX_LENGTH, description="next_cursor of the previous page"),
         ] = None,
     ) -> CdrPage:
         """CDRs matching the filters, oldest first (start time, then id), one page at a time.
@@ -416,7 +474,11 @@ def create_app(
             after = decode_cursor(cursor) if cursor else None
         except ValueError as ex:
             raise ApiError(400, "bad_request", str(ex)) from None
-        rows = await shared(request).call(page_cdrs, flt, limit + 1, after)
+        slot = _slot(request, principal)
+        try:
+            rows = await shared(request).call(page_cdrs, flt, limit + 1, after)
+        finally:
+            slot.release()
         more = len(rows) > limit
         rows = rows[:limit]
         return CdrPage(
@@ -452,23 +514,36 @@ def create_app(
         An empty amount cell means "not used or not rated" (the list tells them apart)."""
         flt = scoped_filter(principal, args, request.app.state.max_days)
         store = shared(request)
-        # The first chunk is read before answering, so a store failure is still a clean 503.
-        first = await store.call(csv_chunk, flt, export_chunk_rows, None, excel=excel)
+        # The key's slot is held until the last byte is sent (or the client goes away).
+        slot = _slot(request, principal)
+        try:
+            # Read before answering, so a store failure is still a clean 503.
+            first = await store.call_bulk(export_piece, flt, export_chunk_rows, export_start(flt))
+        except BaseException:
+            slot.release()
+            raise
 
-        def body() -> Iterator[bytes]:
-            data, count, after = first
-            yield csv_header(flt, excel=excel) + data
-            while count == export_chunk_rows:
-                data, count, after = store.run(
-                    csv_chunk, flt, export_chunk_rows, after, excel=excel
+        async def body() -> AsyncIterator[bytes]:
+            # One store query per turn at the lock, so short queries of others go in between;
+            # rows become CSV outside the lock.
+            try:
+                cdrs, pos = first
+                yield csv_header(flt, excel=excel) + await store.bulk_work(
+                    csv_lines, flt, cdrs, excel=excel
                 )
-                if data:
-                    yield data
+                while pos is not None:
+                    cdrs, pos = await store.call_bulk(export_piece, flt, export_chunk_rows, pos)
+                    if cdrs:
+                        yield await store.bulk_work(csv_lines, flt, cdrs, excel=excel)
+            finally:
+                slot.release()
 
         stamp = f"{flt.time_from:%Y%m%dT%H%M%S}-{flt.time_to:%Y%m%dT%H%M%S}"
         name = f"cdrs-{flt.direction}-{stamp}.csv"
         return CsvResponse(
-            body(), headers={"Content-Disposition": f'attachment; filename="{name}"'}
+            body(),
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            background=BackgroundTask(slot.release),  # also when the body never started
         )
 
     @app.get("/api/v1/kpis", response_model=KpiOut, tags=["kpis"], responses=_ERRORS)
@@ -484,7 +559,11 @@ def create_app(
         """Attempts, answered, ASR, ACD, NER, minutes, billed minutes, charged, unrated and
         timed-out counts over the CDRs matching the filters (docs/API.md defines them)."""
         flt = scoped_filter(principal, args, request.app.state.max_days)
-        report = await shared(request).call(kpis, flt, group_by)
+        slot = _slot(request, principal)
+        try:
+            report = await shared(request).call(kpis, flt, group_by)
+        finally:
+            slot.release()
         return kpi_out(report, flt)
 
     app.include_router(page.router)

@@ -110,7 +110,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     dsn = args.store or default_dsn()
     try:  # open here, in the serving process, so a locked directory fails fast and clearly
-        client = connect(dsn)
+        # Read-only: the API never writes, so a flaw in it cannot alter CDRs, whatever rights
+        # the store's user has (a server gets readonly=2; chDB is opened with mode=ro).
+        client = connect(dsn, readonly=True)
     except StoreError as exc:
         hint = ""
         if "another process" not in str(exc) and dsn.startswith(("chdb:", "/", ".")):
@@ -127,6 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f" http://{args.host}:{args.port}/call-logs",
             file=sys.stderr,
         )
+        from pipeline.api.server import uvicorn_options
+
         uvicorn.run(
             app,
             host=args.host,
@@ -134,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             proxy_headers=False,
             server_header=False,
+            **uvicorn_options(log_level=args.log_level),  # timeouts, connection cap, access log
         )
     finally:
         client.close()

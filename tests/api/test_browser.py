@@ -213,3 +213,29 @@ def test_call_logs_page(server: str, browser, env: Env, tmp_path: Path):
     assert foreign == []
     assert errors == []
     context.close()
+
+
+def test_an_error_clears_the_previous_results(server: str, browser, env: Env):
+    """A refused filter leaves no rows, KPIs or chart of the previous filters on screen: next
+    to the error they would pass for its answer."""
+    from playwright.sync_api import expect
+
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    page.goto(f"{server}/call-logs")
+    page.wait_for_selector("#key-dialog[open]")
+    page.fill("#key-input", env.keys["acc-1001"])
+    page.click("#key-submit")
+    page.wait_for_selector("#rows tr")
+    expect(page.locator("#k-attempts")).not_to_have_text("-")
+    assert page.locator("#chart rect.bar").count() >= 2
+
+    page.fill("#f-from", "yesterday-ish")
+    page.click("#apply")
+    expect(page.locator("#message")).to_contain_text("from")
+    expect(page.locator("#rows tr")).to_have_count(0)
+    expect(page.locator("#summary")).to_have_text("-")
+    expect(page.locator("#k-attempts")).to_have_text("-")
+    expect(page.locator("#chart rect.bar")).to_have_count(0)
+    assert page.locator("#next").is_disabled()
+    context.close()

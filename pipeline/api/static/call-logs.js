@@ -16,6 +16,7 @@
     next: null,
     me: null,
     seq: 0,
+    kpiSeq: 0,
   };
 
   // --- API access ------------------------------------------------------------------------
@@ -263,13 +264,32 @@
     $("message").textContent = err.message || String(err);
   }
 
+  // After a failed request nothing answered for earlier filters may stay on screen: next to
+  // the error it would pass for the answer to the filters now in the form.
+  function clearRows() {
+    $("rows").replaceChildren();
+    $("summary").textContent = "-";
+    $("prev").disabled = state.cursors.length <= 1;
+    $("next").disabled = true;
+    state.next = null;
+  }
+
+  function clearKpis() {
+    for (const tile of document.querySelectorAll("#kpis b")) tile.textContent = "-";
+    $("k-unrated").parentElement.title = "";
+    $("chart").replaceChildren();
+  }
+
   async function loadPage(cursor) {
     const seq = ++state.seq;
     $("message").textContent = "";
     try {
       const page = await (await api("/api/v1/cdrs", withPage(cursor))).json();
       if (seq === state.seq) renderRows(page);
-    } catch (err) { showError(err); }
+    } catch (err) {
+      if (seq === state.seq) clearRows();
+      showError(err);
+    }
   }
 
   async function loadKpis() {
@@ -278,9 +298,14 @@
     const to = parseUtc(p.get("to") || "");
     const hourly = !Number.isNaN(from) && !Number.isNaN(to) && to - from <= 3 * 86400e3;
     p.set("group_by", hourly ? "hour" : "day");
+    const seq = ++state.kpiSeq;
     try {
-      renderKpis(await (await api("/api/v1/kpis", p)).json());
-    } catch (err) { showError(err); }
+      const kpis = await (await api("/api/v1/kpis", p)).json();
+      if (seq === state.kpiSeq) renderKpis(kpis);
+    } catch (err) {
+      if (seq === state.kpiSeq) clearKpis();
+      showError(err);
+    }
   }
 
   function apply() {
