@@ -10,6 +10,7 @@ from pipeline.core.correlate import CallState
 from pipeline.kafka.topics import TOPIC_CHANGELOG
 from pipeline.state.changelog import state_to_json
 from pipeline.stream.batch import BatchWorker
+from pipeline.stream.memory_states import ChangelogStates
 
 from .conftest import PARTITIONS
 
@@ -38,7 +39,8 @@ def test_restore_reads_every_partition_from_its_beginning(broker):
 
     async def restore() -> BatchWorker:
         worker = BatchWorker(bootstrap=broker.bootstrap, partitions=PARTITIONS)
-        count = await worker._restore({1, 2, 5})  # noqa: SLF001
+        assert isinstance(worker.states, ChangelogStates)
+        count = await worker.recovery.restore(worker.states, {1, 2, 5})
         assert count == 3 * 500  # every record of the three partitions, none of the others
         return worker
 

@@ -16,7 +16,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pipeline.core.refdata import RefDataError, RefDataHolder
 from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_CDR
 from pipeline.simulate import SimConfig, generate, produce
-from pipeline.stream import batch
+from pipeline.stream import background, batch
 from pipeline.stream.batch import BatchWorker
 from pipeline.stream.codec import cdr_from_bytes
 from pipeline.stream.progress import WORKER_GROUP
@@ -34,6 +34,7 @@ def no_exec(monkeypatch):
         raise AssertionError("the worker asked to restart itself")
 
     monkeypatch.setattr(batch, "restart_in_place", refuse)
+    monkeypatch.setattr(background, "restart_in_place", refuse)  # the loop watchdog's
 
 
 @pytest.fixture(autouse=True)

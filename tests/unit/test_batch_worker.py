@@ -8,7 +8,7 @@ from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 
 from pipeline.core.correlate import CallState
 from pipeline.kafka.topics import INPUT_TOPICS, TOPIC_TICKS
-from pipeline.stream.batch import ASSIGNOR
+from pipeline.stream.assignment import ASSIGNOR
 from pipeline.stream.memory_states import ChangelogStates
 
 TOPICS = [*INPUT_TOPICS, TOPIC_TICKS]
@@ -81,7 +81,7 @@ def test_restored_states_are_not_changes_and_drop_forgets_whole_partitions():
 
 
 def test_a_kept_partition_someone_else_committed_beyond_is_stale():
-    from pipeline.stream.batch import stale_partitions
+    from pipeline.stream.assignment import stale_partitions
 
     position = {("sip.call.start", 1): 50, ("sip.call.end", 1): 40, ("sip.call.start", 2): 7}
     committed = {
@@ -100,9 +100,9 @@ def test_a_long_recovery_step_keeps_the_loop_watchdog_quiet(monkeypatch):
     import asyncio
     import time
 
-    from pipeline.stream import batch
+    from pipeline.stream import assignment, batch
 
-    monkeypatch.setattr(batch, "ALIVE_EVERY_S", 0.05)
+    monkeypatch.setattr(assignment, "ALIVE_EVERY_S", 0.05)
     worker = batch.BatchWorker(bootstrap="127.0.0.1:1", partitions=1)
     worker.alive_at = 0.0
     seen: list[float] = []
@@ -113,5 +113,5 @@ def test_a_long_recovery_step_keeps_the_loop_watchdog_quiet(monkeypatch):
             seen.append(time.monotonic() - worker.alive_at)
         return "done"
 
-    assert asyncio.run(worker._alive_while(slow_step())) == "done"  # noqa: SLF001
+    assert asyncio.run(worker.recovery.alive_while(slow_step())) == "done"
     assert max(seen[1:]) < 0.5  # refreshed while the step ran, not only at its end
