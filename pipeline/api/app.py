@@ -77,7 +77,7 @@ __all__ = ["DEFAULT_EXPORT_CHUNK", "DEFAULT_MAX_DAYS", "ApiError", "create_app"]
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_DAYS = 62
-DEFAULT_EXPORT_CHUNK = 1_000
+DEFAULT_EXPORT_CHUNK = 2_500
 MAX_PAGE = 1000
 MAX_TEXT = 256
 _TIME_MIN = datetime(2000, 1, 1, tzinfo=UTC)

@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,8 +44,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(app: FastAPI) -> Iterator[str]:
+@contextmanager
+def served_in_thread(app: FastAPI) -> Iterator[str]:
+    """`app` under uvicorn in a thread of this process, on a free 127.0.0.1 port: its URL."""
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
@@ -58,7 +60,13 @@ def server(app: FastAPI) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         srv.should_exit = True
-        thread.join(timeout=10)
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(app: FastAPI) -> Iterator[str]:
+    with served_in_thread(app) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

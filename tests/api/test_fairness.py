@@ -22,13 +22,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from pipeline.api.app import create_app
 from pipeline.api.auth import create_key
 from tests.api.conftest import Env
-from tests.api.test_browser import free_port
+from tests.api.test_browser import served_in_thread
 from tests.api.test_timeouts import ROOT, Served, start_serve
 
 EXPORTS = 8
@@ -52,19 +51,8 @@ def server(env: Env, keys: tuple[Path, str, str]) -> Iterator[str]:
         mp.setenv("CDRPIPE_API_KEY_BURST", "1000")
         mp.setenv("CDRPIPE_API_KEY_CONCURRENCY", str(CAP))
         app = create_app(env.client, keys[0])
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
+    with served_in_thread(app) as url:
+        yield url
 
 
 def export_params() -> dict[str, str]:
