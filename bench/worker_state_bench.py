@@ -58,9 +58,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.chaos import free_ports  # noqa: E402
 from pipeline.config import compression  # noqa: E402
-from pipeline.core.correlate import Correlator, make_held, partition_for  # noqa: E402
+from pipeline.core.correlate import Correlator, make_held  # noqa: E402
 from pipeline.core.events import parse_event  # noqa: E402
 from pipeline.core.model import Source  # noqa: E402
+from pipeline.core.partitioning import partition_for  # noqa: E402
 from pipeline.kafka.broker import LocalKafka  # noqa: E402
 from pipeline.kafka.topics import TOPIC_CHANGELOG, ensure_topics  # noqa: E402
 from pipeline.state.codec import encode_state  # noqa: E402
