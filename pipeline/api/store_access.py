@@ -45,11 +45,9 @@ from pipeline.store.queries import CdrFilter, select_cdrs
 __all__ = [
     "CURSOR_MAX_LENGTH",
     "WINDOWS",
-    "CsvChunk",
     "ExportPosition",
     "SharedStore",
     "StoreLock",
-    "csv_chunk",
     "csv_header",
     "csv_lines",
     "decode_cursor",
@@ -247,30 +245,6 @@ def csv_header(flt: CdrFilter, *, excel: bool = False) -> bytes:
     """The start of the file as `cdrpipe export` writes it: the header line of the direction's
     seed layout (for Excel: after a byte order mark, ending in CRLF)."""
     return csv_bytes(flt.direction, (), excel=excel)[0]
-
-
-CsvChunk = tuple[bytes, int, Key | None]
-
-
-def csv_chunk(
-    client: Client, flt: CdrFilter, rows: int, after: Key | None, *, excel: bool = False
-) -> CsvChunk:
-    """The next up to `rows` CSV lines after `after`: (bytes, row count, cursor of the last
-    row). Rows become text as they stream in, so only the chunk's text is held, not CDRs.
-
-    The lines come from `csv_bytes` itself, the writer of ``cdrpipe export``, so the two
-    cannot drift apart.
-    """
-    last: list[CDR] = []
-
-    def tracked() -> Iterator[CDR]:
-        for cdr in iter_page(client, flt, rows, after):
-            yield cdr
-            last[:] = [cdr]
-
-    data, count = csv_bytes(flt.direction, tracked(), excel=excel, header=False)
-    key = (last[0].start_time, last[0].id) if last else None
-    return data, count, key
 
 
 @dataclass(frozen=True, slots=True)
