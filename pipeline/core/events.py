@@ -199,7 +199,9 @@ def parse_event(raw: bytes, *, now: datetime | None = None) -> Event:
 _make_event: Callable[..., Event] = slot_constructor(Event)
 #: `Event`'s attributes after kind, id, ts and ts_sub_us, before extra: those a message gives.
 _ATTRIBUTES = tuple(f.name for f in fields(Event))[4:-1]
-_NOT_OWN = "\0"  # a key no message holds: `dict.get` gives None for another kind's attribute
+#: Looked up for another kind's attribute: not a str, so never a key of a decoded JSON object
+#: (`dict.get` gives None), whatever keys a message holds.
+_NOT_OWN: Any = object()
 
 
 def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime, str], Event]:
@@ -208,7 +210,7 @@ def _event_builder(kind: str) -> Callable[[dict[str, Any], datetime, str], Event
     field but `event` and `ts` in `extra`. An integral float disconnect code (JSON Schema's
     integer 200.0) becomes the int."""
     own = attributes()[kind]
-    keys = tuple(name if name in own else _NOT_OWN for name in _ATTRIBUTES)
+    keys: tuple[Any, ...] = tuple(name if name in own else _NOT_OWN for name in _ATTRIBUTES)
     known = own | {"event", "ts"}
     normalise = tuple((_ATTRIBUTES.index(name), fn) for name, fn in NORMALISE.get(kind, {}).items())
     code_at = _ATTRIBUTES.index("disconnect_code") if "disconnect_code" in own else -1

@@ -263,3 +263,13 @@ def test_future_limit_read_once_a_second_is_rechecked_before_refusing(monkeypatc
     late = datetime.now(UTC) + timedelta(days=1, minutes=5)
     with pytest.raises(InvalidEvent, match="in the future"):
         event_from_dict({**data, "ts": late.isoformat()})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("key", ["\0", "", " ", "\uffff"])
+def test_unusual_unknown_keys_stay_in_extra(kind, key):
+    """No key a message may hold reaches an attribute of another kind."""
+    base = next(dict(e) for e in VALID if e["event"] == kind)
+    event = event_from_dict({**base, key: []}, now=NOW)
+    assert event.extra == {key: []}
+    assert event == reference_event({**base, key: []})
