@@ -115,9 +115,3 @@ class KeyLimiter:
             bucket = self._keys.get(key)
             if bucket is not None and bucket.running > 0:
                 bucket.running -= 1
-
-    def running(self, key: str) -> int:
-        """Requests of `key` running now."""
-        with self._lock:
-            bucket = self._keys.get(key)
-            return bucket.running if bucket is not None else 0
